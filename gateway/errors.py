@@ -1,0 +1,114 @@
+"""The gateway's error tree and how an error becomes an OpenAI-shaped response.
+
+Every error the gateway itself produces is one of these, carrying its HTTP status and the OpenAI ``type``/``code``
+so the OpenAI SDK raises the matching exception::
+
+    GatewayError
+     ├── ClientError                 the request is wrong or not allowed
+     │    ├── BadRequest             400 invalid_request_error
+     │    ├── AuthenticationFailed   401 invalid_api_key
+     │    ├── PermissionDenied       403 model_not_allowed
+     │    ├── NotFound               404 (unknown path)
+     │    │    └── ModelNotFound     404 model_not_found
+     │    ├── MethodNotAllowed       405 method_not_allowed
+     │    └── PayloadTooLarge        413 request_too_large
+     ├── UpstreamError               the provider failed us
+     │    ├── UpstreamUnreachable    502 upstream_unreachable
+     │    ├── UpstreamBadResponse    502 upstream_bad_response
+     │    ├── UpstreamNotConfigured  503 upstream_not_configured
+     │    └── UpstreamTimeout        504 upstream_timeout
+     └── InternalError               500 internal_error (a bug; logged with its traceback)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.payload())
+
+
+class ClientError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code: ClassVar[str | None] = None
+
+
+class BadRequest(ClientError):
+    code = "invalid_request"
+
+
+class AuthenticationFailed(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    code = "model_not_allowed"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "unknown_url"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamNotConfigured(UpstreamError):
+    status = 503
+    code = "upstream_not_configured"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class InternalError(GatewayError):
+    """A bug in the gateway; the client learns only the request id, the log holds the traceback."""

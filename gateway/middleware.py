@@ -1,0 +1,85 @@
+"""Pure ASGI middleware: request ids, the access log, and the last line of defence against a bug's 500."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import InternalError
+
+access_logger = logging.getLogger("gateway.access")
+error_logger = logging.getLogger("gateway.error")
+
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's `x-request-id` when it is a sane token, else a new random one."""
+    for name, value in headers:
+        if name == b"x-request-id" and _CLIENT_REQUEST_ID.fullmatch(value):
+            return value
+    return os.urandom(16).hex().encode()
+
+
+class RequestContextMiddleware:
+    """Gives every HTTP request an id (echoed as `x-request-id`), logs one line per request, and turns an
+    unexpected exception into an OpenAI-shaped 500 that names the request id instead of showing a traceback."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id.decode()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_logger.exception("unhandled error", extra={"request_id": state["request_id"]})
+            if not status:
+                error = InternalError(f"The gateway failed on this request (request id {state['request_id']}).")
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": error.body()})
+            status = status or 500
+        finally:
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                _log_access(scope, state, status, time.perf_counter() - started)
+
+
+def _log_access(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
+    duration_ms = round(seconds * 1000, 3)
+    fields = {
+        "request_id": state["request_id"],
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "duration_ms": duration_ms,
+        "agent": state.get("agent"),
+        "upstream_status": state.get("upstream_status"),
+        "stream": state.get("stream_outcome"),
+    }
+    access_logger.info("%s %s %s %.1fms", scope["method"], scope["path"], status, duration_ms, extra=fields)

@@ -1,0 +1,35 @@
+"""Process-wide settings, read from the environment (and `.env`) by pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the process needs that is not per agent. Agent behaviour lives in the route config."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    config: Path = Field(default=Path("config"), description="Agent file or directory of *.yaml files.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    admin_key: SecretStr | None = None
+    store: Literal["memory", "redis"] = "memory"
+    state_dir: Path = Path("state")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL")
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_max_connections: int = Field(default=1000, ge=1)
+    drain_timeout: float = Field(default=30.0, ge=0)

@@ -1,0 +1,36 @@
+"""Server-sent events as bytes: where events end, how a stream ended, the error event. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_TERMINATORS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+_DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+
+
+def split_events(buffer: bytes) -> tuple[bytes, bytes]:
+    """Split `buffer` after its last complete event: (whole events, the incomplete rest).
+
+    The relay forwards only whole events so that an error event after an upstream drop always parses.
+    """
+    end = -1
+    for terminator in _TERMINATORS:
+        index = buffer.rfind(terminator)
+        if index >= 0:
+            end = max(end, index + len(terminator))
+    if end < 0:
+        return b"", buffer
+    return buffer[:end], buffer[end:]
+
+
+def ends_with_done(events: bytes) -> bool:
+    """Whether the last event in `events` is the `data: [DONE]` sentinel."""
+    last_line = events[-64:].rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rsplit(b"\r", 1)[-1]
+    return last_line in _DONE_LINES
+
+
+def error_event(payload: dict[str, Any]) -> bytes:
+    """An OpenAI-shaped error as one SSE event; the OpenAI SDK raises `APIError` when it reads it."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
