@@ -89,7 +89,7 @@ class AgentSpec(Spec):
     name: str = Field(min_length=1)
     description: str = ""
     aliases: list[str] = Field(default_factory=list)
-    llm: LLMSpec = Field(default_factory=LLMSpec)
+    llm: LLMSpec
     system_prompt: str | None = None
     session: SessionSpec = Field(default_factory=SessionSpec)
     streaming: StreamingSpec = Field(default_factory=StreamingSpec)

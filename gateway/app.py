@@ -39,18 +39,19 @@ class JSONResponse(Response):
 class Runtime:
     """What one gateway process holds: the current routing table and the upstream clients."""
 
-    def __init__(self, settings: Settings, routes: RoutingTable) -> None:
+    def __init__(self, settings: Settings, routes: RoutingTable, upstreams: Mapping[str, Upstream]) -> None:
         self.settings = settings
         self.routes = routes
         self.http: HTTPUpstream | None = None
-        self.mock = MockUpstream()
+        self.upstreams = {"mock": MockUpstream(), **upstreams}
 
     def current_routes(self) -> RoutingTable:
         return self.routes
 
     def upstream_for(self, provider: str) -> Upstream:
-        if provider == "mock":
-            return self.mock
+        chosen = self.upstreams.get(provider)
+        if chosen is not None:
+            return chosen
         if self.http is None:
             raise RuntimeError("the upstream client is opened by the app's lifespan, which has not run")
         return self.http
@@ -136,11 +137,15 @@ def create_app(
     *,
     environ: Mapping[str, str] | None = None,
     routes: RoutingTable | None = None,
+    upstreams: Mapping[str, Upstream] | None = None,
 ) -> Starlette:
-    """Build a gateway app. Loading the route config happens here, so a bad config fails before serving."""
+    """Build a gateway app. Loading the route config happens here, so a bad config fails before serving.
+
+    `routes` replaces the config files and `upstreams` the client per provider name (tests inject both).
+    """
     settings = settings or Settings()
     environ = os.environ if environ is None else environ
-    runtime = Runtime(settings, routes or load_routes(settings.config, environ))
+    runtime = Runtime(settings, routes or load_routes(settings.config, environ), upstreams or {})
     proxy = Proxy(runtime.current_routes, runtime.upstream_for, settings.max_body_bytes)
     endpoints = Endpoints(runtime, proxy)
     app = Starlette(

@@ -1,0 +1,146 @@
+"""The app in process (httpx.ASGITransport): error shapes, body limits, request ids, health. No streaming here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.upstream import UpstreamRequest, UpstreamResponse
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class BrokenUpstream:
+    """Stands for a bug inside the gateway: the one kind of failure no upstream can cause."""
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise RuntimeError("a bug")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(config=ROOT / "config", max_body_bytes=2048)
+    app = create_app(settings, environ={})
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+def error_of(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        (b"", None, "empty"),
+        (b"{not json", None, "could not parse"),
+        (b"[1, 2]", None, "must be a JSON object, not an array"),
+        (b'{"messages": []}', "model", "provide a model"),
+        (b'{"model": 5, "messages": []}', "model", "not a number"),
+        (b'{"model": "demo", "messages": "hi"}', "messages", "must be an array"),
+        (b'{"model": "demo", "messages": ["hi"]}', "messages[0]", "must be an object"),
+        (b'{"model": "demo", "stream": "yes", "messages": []}', "stream", "must be a boolean"),
+    ],
+)
+async def test_bad_requests_are_openai_shaped_400s(
+    http: httpx.AsyncClient, body: bytes, param: str | None, words: str
+) -> None:
+    response = await http.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in str(error["message"])
+
+
+@pytest.mark.anyio
+async def test_unknown_model_is_404_model_not_found(http: httpx.AsyncClient) -> None:
+    response = await http.post(CHAT, json={"model": "gpt-9", "messages": []})
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "model_not_found"
+
+
+@pytest.mark.anyio
+async def test_body_over_the_limit_is_413_by_declared_length(http: httpx.AsyncClient) -> None:
+    response = await http.post(CHAT, content=b"{" + b" " * 4096 + b"}")
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "request_too_large"
+
+
+@pytest.mark.anyio
+async def test_body_over_the_limit_is_413_when_streamed_without_length(http: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 512
+
+    response = await http.post(CHAT, content=chunks())
+    assert response.status_code == 413
+
+
+@pytest.mark.anyio
+async def test_unknown_path_and_wrong_method(http: httpx.AsyncClient) -> None:
+    missing = await http.post("/v1/fine_tuning/jobs", json={})
+    assert missing.status_code == 404
+    assert error_of(missing)["message"] == "Invalid URL (POST /v1/fine_tuning/jobs)."
+    wrong = await http.get(CHAT)
+    assert wrong.status_code == 405
+    assert error_of(wrong)["code"] == "method_not_allowed"
+
+
+@pytest.mark.anyio
+async def test_request_id_is_kept_from_the_client_or_made(http: httpx.AsyncClient) -> None:
+    kept = await http.get("/healthz", headers={"x-request-id": "client-id-1"})
+    assert kept.headers["x-request-id"] == "client-id-1"
+    made = await http.get("/healthz", headers={"x-request-id": "bad id with spaces\t"})
+    assert len(made.headers["x-request-id"]) == 32
+    other = await http.get("/healthz")
+    assert other.headers["x-request-id"] not in (made.headers["x-request-id"], "client-id-1")
+
+
+@pytest.mark.anyio
+async def test_health_and_readiness_with_the_bundled_config(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "agents": 1, "problems": []}
+
+
+@pytest.mark.anyio
+async def test_bundled_demo_agent_answers_with_the_system_prompt_first(http: httpx.AsyncClient) -> None:
+    response = await http.post(CHAT, json={"model": "demo", "messages": [{"role": "user", "content": "hello"}]})
+    assert response.status_code == 200
+    content = response.json()["choices"][0]["message"]["content"]
+    assert content == 'You said: "hello". This is the mock provider: it received 2 messages, 1 of them system.'
+
+
+@pytest.mark.anyio
+async def test_a_bug_is_an_openai_shaped_500_naming_the_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(Settings(config=ROOT / "config"), environ={}, upstreams={"mock": BrokenUpstream()})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.post(CHAT, json={"model": "demo", "messages": []}, headers={"x-request-id": "r-42"})
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["code"] == "internal_error"
+    assert "r-42" in str(error["message"])
+    assert "Traceback" not in response.text
+    assert "RuntimeError: a bug" in caplog.text

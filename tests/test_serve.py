@@ -1,0 +1,50 @@
+"""`gateway serve` as users run it: the bundled config, and SIGTERM letting a stream in flight finish."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.support.processes import ROOT, start_gateway
+
+SLOW_MOCK = """\
+agent:
+  name: slow-demo
+  llm: {provider: mock}
+  streaming: {chunk_size: 1, delay: 0.05}
+"""
+
+
+def test_bundled_config_serves_the_demo_agent(tmp_path: Path) -> None:
+    gateway = start_gateway(ROOT / "config", tmp_path)
+    try:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="anything", max_retries=0) as client:
+            assert [m.id for m in client.models.list()] == ["demo"]
+            reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content is not None
+        assert httpx.get(gateway.url + "/readyz").status_code == 200
+    finally:
+        gateway.stop()
+    assert "ready with 1 agent(s): demo" in gateway.log()
+
+
+def test_sigterm_lets_the_stream_in_flight_finish(tmp_path: Path) -> None:
+    config = tmp_path / "slow.yaml"
+    config.write_text(SLOW_MOCK)
+    gateway = start_gateway(config, tmp_path)
+    body = {"model": "slow-demo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=20) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            gateway.proc.send_signal(signal.SIGTERM)
+            rest = list(lines)
+        assert "data: [DONE]" in rest
+        # uvicorn re-raises the signal once drained, so a clean exit reads as "terminated by SIGTERM".
+        assert gateway.proc.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        gateway.stop()
+    assert "Finished server process" in gateway.log()
