@@ -292,13 +292,7 @@ class _ResponsesAnswer(_Answer):
 
 class _EmbeddingAnswer:
     def __init__(self, payload: dict[str, Any]) -> None:
-        given = payload.get("input")
-        if isinstance(given, str) or (isinstance(given, list) and given and isinstance(given[0], int)):
-            inputs: list[Any] = [given]
-        elif isinstance(given, list) and given:
-            inputs = given
-        else:
-            raise BadRequest("`input` must be a non-empty string or array.", param="input")
+        inputs = _embedding_inputs(payload.get("input"))
         dimensions = payload.get("dimensions", _EMBEDDING_DIMENSIONS)
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 0 < dimensions <= 4096:
             raise BadRequest("`dimensions` must be an integer from 1 to 4096.", param="dimensions")
@@ -322,6 +316,23 @@ class _EmbeddingAnswer:
 
     def events(self, per_chunk: int, include_usage: bool) -> list[bytes]:  # embeddings never stream
         return [_data(self.whole())]
+
+
+def _embedding_inputs(given: Any) -> list[Any]:
+    """OpenAI's accepted shapes: a string, an array of strings, an array of token ids, or an array of those."""
+
+    def is_tokens(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+    if (isinstance(given, str) and given) or is_tokens(given):
+        return [given]
+    strings = isinstance(given, list) and all(isinstance(item, str) and item for item in given)
+    if given and (strings or (isinstance(given, list) and all(is_tokens(item) for item in given))):
+        return list(given)
+    raise BadRequest(
+        "`input` must be a non-empty string, an array of non-empty strings, or an array of token arrays.",
+        param="input",
+    )
 
 
 def _embed(text: bytes, dimensions: int) -> list[float]:

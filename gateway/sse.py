@@ -6,7 +6,8 @@ from typing import Any
 
 import orjson
 
-_TERMINATORS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+# A blank line ends an event; the spec allows \r\n, \n and \r line ends, mixed.
+_TERMINATORS = (b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n", b"\r\n\n")
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
 
 
@@ -28,7 +29,8 @@ def split_events(buffer: bytes) -> tuple[bytes, bytes]:
 def ends_with_done(events: bytes) -> bool:
     """Whether the last event in `events` is the `data: [DONE]` sentinel."""
     last_line = events[-64:].rstrip(b"\r\n").rsplit(b"\n", 1)[-1].rsplit(b"\r", 1)[-1]
-    return last_line in _DONE_LINES
+    # As the OpenAI SDK reads it: a data line that starts with [DONE].
+    return last_line.startswith(_DONE_LINES)
 
 
 def error_event(payload: dict[str, Any]) -> bytes:

@@ -98,29 +98,28 @@ def upstream_url(agent: Agent, path: str) -> str:
 @contextlib.contextmanager
 def map_exceptions(agent: Agent) -> Iterator[None]:
     """Translate aiohttp's exceptions into the gateway's upstream errors, in this one place."""
-    host = urlsplit(agent.base_url).netloc
     try:
         yield
     except TimeoutError:
-        raise UpstreamTimeout(
-            f"The upstream of model '{agent.name}' ({host}) did not answer within {agent.timeout:g}s."
-        ) from None
+        raise UpstreamTimeout(f"The upstream {_where(agent)} did not answer within {agent.timeout:g}s.") from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(
-            f"Cannot connect to the upstream of model '{agent.name}' ({host}): {exc.os_error.strerror or exc}."
-        ) from None
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        raise UpstreamUnreachable(f"Cannot connect to the upstream {_where(agent)}: {reason}.") from None
     except aiohttp.ServerDisconnectedError:
         raise UpstreamBadResponse(
-            f"The upstream of model '{agent.name}' ({host}) closed the connection before finishing its response."
+            f"The upstream {_where(agent)} closed the connection before finishing its response."
         ) from None
     except aiohttp.ClientPayloadError:
-        raise UpstreamBadResponse(
-            f"The upstream of model '{agent.name}' ({host}) broke off its response body."
-        ) from None
+        raise UpstreamBadResponse(f"The upstream {_where(agent)} broke off its response body.") from None
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
-            f"The request to the upstream of model '{agent.name}' ({host}) failed: {type(exc).__name__}."
+            f"The request to the upstream {_where(agent)} failed: {type(exc).__name__}."
         ) from None
+
+
+def _where(agent: Agent) -> str:
+    """Which upstream, for an error message: the model and host, never the path or query (they may hold secrets)."""
+    return f"of model '{agent.name}' ({urlsplit(agent.base_url).hostname})"
 
 
 class HTTPResponse:

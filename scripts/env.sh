@@ -19,5 +19,17 @@ ensure_venv() {  # $1: what to install, e.g. "." or ".[dev]"
     "$(find_python)" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip
   fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$1"
+  # Reinstall only when pyproject.toml changed since the last install of the same extras.
+  local stamp=".venv/.installed-${1//[^a-z]/}"
+  local want
+  want="$(cksum pyproject.toml)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "installing agent-gateway$([ "$1" = "." ] || echo " ${1#.}") into .venv ..." >&2
+    if ! .venv/bin/python -m pip install --disable-pip-version-check -e "$1" >.venv/pip.log 2>&1; then
+      cat .venv/pip.log >&2
+      echo "pip install failed (log above, also in .venv/pip.log)" >&2
+      return 1
+    fi
+    echo "$want" >"$stamp"
+  fi
 }

@@ -1,0 +1,221 @@
+"""Request bodies: parse errors a client can act on, and the rewrite for the agent's upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.agents import Agent, AgentSpec, compile_agent
+from gateway.errors import BadRequest
+from gateway.payload import Endpoint, model_of, parse, prepare, wants_stream
+
+
+def make_agent(llm: dict[str, Any] | None = None, **fields: Any) -> Agent:
+    spec = AgentSpec.model_validate(
+        {"name": "bot", "llm": {"provider": "mock", "model": "up-model", **(llm or {})}, **fields}
+    )
+    return compile_agent(spec, {})
+
+
+def chat(*messages: Any, **fields: Any) -> dict[str, Any]:
+    return {"model": "bot", "messages": list(messages), **fields}
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"", "empty"),
+        (b"{not json", "could not parse the JSON"),
+        (b'{"model": "bot",}', "could not parse the JSON"),
+        (b"[1, 2]", "must be a JSON object, not an array"),
+        (b'"bot"', "must be a JSON object, not a string"),
+        (b"42", "must be a JSON object, not a number"),
+        (b"null", "must be a JSON object, not null"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_a_bad_request(body: bytes, words: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse(body)
+
+    assert words in info.value.message
+    assert info.value.status == 400
+
+
+def test_a_json_object_parses() -> None:
+    assert parse(b'{"model": "bot", "stream": true}') == {"model": "bot", "stream": True}
+
+
+def test_a_missing_model_is_a_bad_request_about_model() -> None:
+    with pytest.raises(BadRequest) as info:
+        model_of({"messages": []})
+
+    assert info.value.param == "model"
+    assert "model" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"), [(3, "a number"), ("", "a string"), (["bot"], "an array"), (True, "a boolean")]
+)
+def test_a_model_that_is_not_a_non_empty_string_is_a_bad_request(model: Any, kind: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        model_of({"model": model})
+
+    assert info.value.param == "model"
+    assert kind in info.value.message
+
+
+def test_model_of_returns_the_model() -> None:
+    assert model_of({"model": "bot"}) == "bot"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"), [({}, False), ({"stream": None}, False), ({"stream": False}, False), ({"stream": True}, True)]
+)
+def test_wants_stream_reads_the_stream_flag(body: dict[str, Any], expected: bool) -> None:
+    assert wants_stream(body) is expected
+
+
+@pytest.mark.parametrize("stream", ["true", 1, 0, {}])
+def test_a_stream_flag_that_is_not_a_boolean_is_a_bad_request(stream: Any) -> None:
+    with pytest.raises(BadRequest) as info:
+        wants_stream({"stream": stream})
+
+    assert info.value.param == "stream"
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_prepare_sends_the_agents_upstream_model(endpoint: Endpoint) -> None:
+    body = prepare(endpoint, {"model": "bot", "messages": [USER], "input": "hi", "prompt": "hi"}, make_agent())
+
+    assert body["model"] == "up-model"
+
+
+def test_agent_defaults_fill_fields_the_client_left_out() -> None:
+    agent = make_agent({"temperature": 0.3, "top_p": 0.9, "max_tokens": 50, "defaults": {"presence_penalty": 0.5}})
+
+    body = prepare(Endpoint.CHAT, chat(USER), agent)
+
+    assert body["temperature"] == 0.3
+    assert body["top_p"] == 0.9
+    assert body["max_tokens"] == 50
+    assert body["presence_penalty"] == 0.5
+
+
+def test_fields_the_client_set_win_over_agent_defaults() -> None:
+    agent = make_agent({"temperature": 0.3, "top_p": 0.9, "max_tokens": 50, "defaults": {"presence_penalty": 0.5}})
+
+    body = prepare(Endpoint.CHAT, chat(USER, temperature=0, top_p=1, max_tokens=7, presence_penalty=-1), agent)
+
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["presence_penalty"]) == (0, 1, 7, -1)
+
+
+def test_a_client_that_set_max_completion_tokens_gets_no_max_tokens_default() -> None:
+    agent = make_agent({"temperature": 0.3, "max_tokens": 50})
+
+    body = prepare(Endpoint.CHAT, chat(USER, max_completion_tokens=20), agent)
+
+    assert "max_tokens" not in body
+    assert body["max_completion_tokens"] == 20
+    assert body["temperature"] == 0.3
+
+
+def test_responses_get_max_tokens_as_max_output_tokens() -> None:
+    agent = make_agent({"max_tokens": 50, "temperature": 0.3})
+
+    body = prepare(Endpoint.RESPONSES, {"model": "bot", "input": "hi"}, agent)
+
+    assert body["max_output_tokens"] == 50
+    assert "max_tokens" not in body
+    assert body["temperature"] == 0.3
+
+
+def test_responses_keep_the_clients_max_output_tokens() -> None:
+    body = prepare(
+        Endpoint.RESPONSES, {"model": "bot", "input": "hi", "max_output_tokens": 9}, make_agent({"max_tokens": 50})
+    )
+
+    assert body["max_output_tokens"] == 9
+
+
+def test_completions_get_sampling_defaults() -> None:
+    body = prepare(
+        Endpoint.COMPLETIONS, {"model": "bot", "prompt": "hi"}, make_agent({"temperature": 0.3, "max_tokens": 50})
+    )
+
+    assert (body["temperature"], body["max_tokens"]) == (0.3, 50)
+
+
+def test_embeddings_get_no_sampling_defaults() -> None:
+    agent = make_agent({"temperature": 0.3, "top_p": 0.9, "max_tokens": 50})
+
+    body = prepare(Endpoint.EMBEDDINGS, {"model": "bot", "input": "hi"}, agent)
+
+    assert body == {"model": "up-model", "input": "hi"}
+
+
+def test_the_system_prompt_goes_first_and_client_system_messages_follow() -> None:
+    client_system = {"role": "system", "content": "Answer in French."}
+
+    body = prepare(Endpoint.CHAT, chat(client_system, USER), make_agent(system_prompt="You are bot."))
+
+    assert body["messages"] == [{"role": "system", "content": "You are bot."}, client_system, USER]
+
+
+def test_without_a_system_prompt_messages_are_unchanged() -> None:
+    body = prepare(Endpoint.CHAT, chat(USER), make_agent())
+
+    assert body["messages"] == [USER]
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_session_id_is_never_sent_upstream(endpoint: Endpoint) -> None:
+    body = {"model": "bot", "messages": [USER], "input": "hi", "prompt": "hi", "session_id": "s-1"}
+
+    assert "session_id" not in prepare(endpoint, body, make_agent())
+
+
+@pytest.mark.parametrize(("messages", "kind"), [("hi", "a string"), ({"role": "user"}, "an object"), (None, None)])
+def test_messages_that_are_not_a_list_are_a_bad_request(messages: Any, kind: str | None) -> None:
+    body = {"model": "bot"} if messages is None else {"model": "bot", "messages": messages}
+
+    with pytest.raises(BadRequest) as info:
+        prepare(Endpoint.CHAT, body, make_agent())
+
+    assert info.value.param == "messages"
+    if kind is not None:
+        assert kind in info.value.message
+
+
+def test_a_message_that_is_not_an_object_is_a_bad_request_naming_its_index() -> None:
+    with pytest.raises(BadRequest) as info:
+        prepare(Endpoint.CHAT, chat(USER, "hello"), make_agent())
+
+    assert info.value.param == "messages[1]"
+    assert "messages[1]" in info.value.message
+
+
+def test_responses_instructions_get_the_system_prompt_prepended() -> None:
+    body = {"model": "bot", "input": "hi", "instructions": "Be brief."}
+
+    prepare(Endpoint.RESPONSES, body, make_agent(system_prompt="You are bot."))
+
+    assert body["instructions"] == "You are bot.\n\nBe brief."
+
+
+def test_responses_without_instructions_get_the_system_prompt_as_instructions() -> None:
+    body = prepare(Endpoint.RESPONSES, {"model": "bot", "input": "hi"}, make_agent(system_prompt="You are bot."))
+
+    assert body["instructions"] == "You are bot."
+
+
+def test_responses_instructions_that_are_not_a_string_are_a_bad_request() -> None:
+    with pytest.raises(BadRequest) as info:
+        prepare(
+            Endpoint.RESPONSES, {"model": "bot", "input": "hi", "instructions": ["x"]}, make_agent(system_prompt="S")
+        )
+
+    assert info.value.param == "instructions"
