@@ -7,6 +7,7 @@ import os
 import re
 import time
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError
@@ -14,6 +15,8 @@ from gateway.errors import InternalError
 access_logger = logging.getLogger("gateway.access")
 error_logger = logging.getLogger("gateway.error")
 
+# What nginx logs for a client that closed the connection before the response; never sent.
+CLIENT_CLOSED_REQUEST = 499
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -52,6 +55,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED_REQUEST  # left before sending its whole body: nobody to answer
         except Exception:
             error_logger.exception("unhandled error", extra={"request_id": state["request_id"]})
             if not status:

@@ -51,7 +51,7 @@ class Proxy:
         response = await self._upstream_for(agent.provider).send(upstream_request)
         state["upstream_status"] = response.status
         if stream and response.status < 300 and response.content_type == "text/event-stream":
-            return StreamRelay(response, [], ends_with_done=endpoint.ends_with_done)
+            return StreamRelay(response, ends_with_done=endpoint.ends_with_done)
         return await buffered(response)
 
 

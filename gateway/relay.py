@@ -24,10 +24,10 @@ class StreamRelay(Response):
     When the client disconnects, the upstream response is closed at once, which stops the upstream's generation.
     """
 
-    def __init__(self, upstream: UpstreamResponse, headers: list[tuple[bytes, bytes]], *, ends_with_done: bool) -> None:
+    def __init__(self, upstream: UpstreamResponse, *, ends_with_done: bool) -> None:
         self.upstream = upstream
         self.status_code = upstream.status
-        self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS, *headers]
+        self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS]
         self.ends_with_done = ends_with_done
         self.background = None
         self.outcome = "started"
@@ -36,8 +36,8 @@ class StreamRelay(Response):
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-            if watch.done() and not pump.done():
+            done, _ = await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+            if pump not in done or isinstance(pump.exception(), OSError):  # OSError: the client went away mid-send
                 self.outcome = "client_disconnected"
         finally:
             self.upstream.close()

@@ -144,3 +144,30 @@ async def test_a_bug_is_an_openai_shaped_500_naming_the_request_id(
     assert "r-42" in str(error["message"])
     assert "Traceback" not in response.text
     assert "RuntimeError: a bug" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(Settings(config=ROOT / "config"), environ={})
+    incoming = [
+        {"type": "http.request", "body": b'{"model": "demo", ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "", "headers": [],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
+    }  # fmt: skip
+    with caplog.at_level("INFO"):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == []
+    assert f"POST {CHAT} 499" in caplog.text
+    assert "Traceback" not in caplog.text
