@@ -1,0 +1,434 @@
+"""The gateway's benchmark: the gateway and the upstream stand-ins side by side, in one run, on this machine.
+
+    .venv/bin/python bench/run.py            # full run: under 2 minutes once the machine is idle
+    .venv/bin/python bench/run.py --quick    # smoke run, a few seconds per phase
+
+Starts nginx (the non-streaming stand-in), an aiohttp SSE server (the streaming stand-in) and `gateway serve`
+on free 127.0.0.1 ports, measures every phase through the gateway and then directly against the stand-in,
+prints a Markdown table with the issue's targets marked PASS/MISS, and writes bench/results/<timestamp>.json.
+docs/benchmarks.md says what each phase measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+import loadgen
+import procs
+import report
+import wrkload
+from procs import BenchError, Service
+
+CHAT = "/v1/chat/completions"
+RESULTS = procs.BENCH_DIR / "results"
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    saturation_seconds: float
+    warmup_seconds: float
+    connections: int
+    rate: float
+    rate_seconds: float
+    ttfb_runs: int
+    streams: int
+    stream_rounds: int
+    chunks: int
+    interval_ms: float
+    api_key: str
+    keep: bool
+    quiet_wait: float
+
+
+@dataclass(frozen=True)
+class Setup:
+    options: Options
+    wrk: str
+    gateway: Service
+    nginx: Service
+    stream: Service
+
+    def check_alive(self) -> None:
+        for service in (self.gateway, self.nginx, self.stream):
+            service.check_alive()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU ms used so far by each party. On 2 cores they compete, so this shows who was the bottleneck."""
+        return {
+            "gateway": procs.cpu_ms(self.gateway.pid),
+            "nginx": procs.group_cpu_ms(self.nginx.pid),
+            "stream stand-in": procs.cpu_ms(self.stream.pid),
+            "python client": procs.cpu_ms(os.getpid()),
+            # wrk is this process's only child that exits during a phase, so the children's total grows by its use.
+            "wrk": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]) * 1000,
+            "machine": procs.machine_busy_ms(),
+        }
+
+
+class CpuMeter:
+    """CPU used by each party from the meter's creation to `stop()`, shown as a share of one core."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.before = setup.cpu()
+        self.started = time.perf_counter()
+        self.used: dict[str, float] = {}
+        self.seconds = 0.0
+
+    def stop(self) -> dict[str, float]:
+        self.seconds = time.perf_counter() - self.started
+        after = self.setup.cpu()
+        used = {name: after[name] - self.before[name] for name in after}
+        # Whatever the machine did besides our parties: other people's jobs on this shared box, or steal.
+        used["others"] = max(0.0, used.pop("machine") - sum(used.values()))
+        self.used = used
+        return used
+
+    def share(self, name: str) -> float:
+        """What `name` used, as a percentage of one core."""
+        return self.used[name] / (self.seconds * 10)
+
+    def summary(self) -> str:
+        shares = (f"{name} {self.share(name):.0f}%" for name, ms in self.used.items() if ms > 0)
+        return "  CPU (% of one core): " + ", ".join(shares)
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: a few seconds per phase")
+    parser.add_argument("--saturation-seconds", type=float, help="wrk duration per target (default 20, quick 3)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--rate", type=float, default=200, help="open-loop requests per second (default 200)")
+    parser.add_argument("--rate-seconds", type=float, help="open-loop duration per target (default 10, quick 3)")
+    parser.add_argument("--ttfb-runs", type=int, help="sequential single streams per target (default 20, quick 5)")
+    parser.add_argument("--streams", type=int, default=100, help="concurrent streams per round (default 100)")
+    parser.add_argument("--stream-rounds", type=int, help="rounds of concurrent streams (default 5, quick 2)")
+    parser.add_argument("--api-key", default="bench", help="the bearer token clients send to the gateway")
+    parser.add_argument(
+        "--quiet-wait", type=float, help="wait up to this many seconds for an idle machine (default 60, quick 5)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with every process's log")
+    args = parser.parse_args(argv)
+
+    def pick(value: float | None, full: float, quick: float) -> float:
+        return value if value is not None else (quick if args.quick else full)
+
+    return Options(
+        quick=args.quick,
+        saturation_seconds=pick(args.saturation_seconds, 20, 3),
+        warmup_seconds=pick(None, 3, 1),
+        connections=args.connections,
+        rate=args.rate,
+        rate_seconds=pick(args.rate_seconds, 10, 3),
+        ttfb_runs=int(pick(args.ttfb_runs, 20, 5)),
+        streams=args.streams,
+        stream_rounds=int(pick(args.stream_rounds, 5, 2)),
+        chunks=20,
+        interval_ms=5.0,
+        api_key=args.api_key,
+        keep=args.keep,
+        quiet_wait=pick(args.quiet_wait, 60, 5),
+    )
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def probe(setup: Setup) -> None:
+    """One request of each kind through the gateway, so a broken setup fails here with a clear message instead
+    of as a page of errors counted by wrk."""
+    request = urllib.request.Request(
+        setup.gateway.url + CHAT, data=loadgen.CHAT_BODY, headers=loadgen.headers(setup.options.api_key)
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+    except OSError as exc:
+        raise BenchError(f"the gateway failed a plain chat request: {exc}\n{setup.gateway.tail()}") from None
+    if b'"usage"' not in body:
+        raise BenchError(f"the gateway's chat answer has no usage object: {body[:200]!r}")
+    urls = {"gateway": setup.gateway.url + CHAT}
+    timings = loadgen.run(loadgen.sequential_streams(urls, 1, setup.options.api_key))["gateway"]
+    if not timings[0].complete:
+        raise BenchError(f"a stream through the gateway did not end with [DONE]:\n{setup.gateway.tail()}")
+
+
+def saturation(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    """wrk at full speed; the gateway's CPU per request comes from its /proc stat across the measured run."""
+    options = setup.options
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for name, service in (("gateway", setup.gateway), ("direct", setup.nginx)):
+        url = service.url + CHAT
+        say(
+            f"saturation, {name}: wrk -t1 -c{options.connections}, {options.warmup_seconds:g}s warm-up, "
+            f"{options.saturation_seconds:g}s measured"
+        )
+        wrkload.saturate(setup.wrk, url, options.warmup_seconds, options.connections, options.api_key)
+        meter = CpuMeter(setup)
+        result = wrkload.saturate(setup.wrk, url, options.saturation_seconds, options.connections, options.api_key)
+        cpu = meter.stop()
+        setup.check_alive()
+        prefix = f"sat.{name}"
+        metrics |= {
+            f"{prefix}.rps": result.rps,
+            f"{prefix}.status_errors": result.status_errors,
+            f"{prefix}.socket_errors": result.socket_errors,
+            f"{prefix}.p50_ms": result.p50_ms,
+            f"{prefix}.p99_ms": result.p99_ms,
+        }
+        if name == "gateway":
+            metrics[f"{prefix}.cpu_ms_per_req"] = cpu["gateway"] / max(1, result.requests)
+            metrics[f"{prefix}.cpu_pct"] = meter.share("gateway")
+            metrics["sat.others_pct"] = meter.share("others")
+        raw[name] = {**vars(result), "cpu_ms": cpu}
+        say(
+            f"  {result.rps:,.0f} req/s, {result.requests:,} requests, {result.status_errors} non-2xx, "
+            f"{result.socket_errors} socket errors"
+        )
+        say(meter.summary())
+    metrics["sat.headroom"] = metrics["sat.direct.rps"] / metrics["sat.gateway.rps"]
+    if metrics["sat.headroom"] < 10:
+        say(
+            f"  FLAG: the stand-in is only {metrics['sat.headroom']:.1f}x faster than the gateway (need >= 10x); "
+            "it may be limiting the gateway's number"
+        )
+    return metrics, raw
+
+
+def fixed_rate(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    options = setup.options
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for name, service in (("gateway", setup.gateway), ("direct", setup.nginx)):
+        url = service.url + CHAT
+        say(
+            f"open loop, {name}: {options.rate:g} req/s, {options.warmup_seconds:g}s warm-up, "
+            f"{options.rate_seconds:g}s measured"
+        )
+        loadgen.run(loadgen.fixed_rate(url, options.rate, options.warmup_seconds, options.api_key))
+        meter = CpuMeter(setup)
+        result = loadgen.run(loadgen.fixed_rate(url, options.rate, options.rate_seconds, options.api_key))
+        meter.stop()
+        setup.check_alive()
+        prefix = f"rate.{name}"
+        metrics |= {
+            f"{prefix}.p50_ms": result.percentile(50),
+            f"{prefix}.p99_ms": result.percentile(99),
+            f"{prefix}.errors": result.errors,
+            f"{prefix}.lag_p99_ms": result.lag_p99_ms,
+        }
+        raw[name] = {
+            "sent": len(result.latencies_ms) + result.errors,
+            "errors": result.errors,
+            "p90_ms": result.percentile(90),
+            "max_ms": max(result.latencies_ms),
+            "cpu_ms": meter.used,
+        }
+        say(f"  p50 {result.percentile(50):.3f} ms, p99 {result.percentile(99):.3f} ms, {result.errors} failed")
+        say(meter.summary())
+    metrics["rate.added_p50_ms"] = metrics["rate.gateway.p50_ms"] - metrics["rate.direct.p50_ms"]
+    return metrics, raw
+
+
+def single_stream(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    options = setup.options
+    urls = {"gateway": setup.gateway.url + CHAT, "direct": setup.stream.url + CHAT}
+    say(
+        f"one stream alone: {options.ttfb_runs} sequential streams each, gateway and direct taking turns, "
+        "after 3 each to warm up"
+    )
+    loadgen.run(loadgen.sequential_streams(urls, 3, options.api_key))
+    runs = loadgen.run(loadgen.sequential_streams(urls, options.ttfb_runs, options.api_key))
+    setup.check_alive()
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for name, timings in runs.items():
+        ttfbs = [t.ttfb_ms for t in timings]
+        metrics[f"ttfb.{name}.median_ms"] = statistics.median(ttfbs)
+        metrics[f"ttfb.{name}.total_ms"] = statistics.median(t.total_ms for t in timings)
+        raw[name] = {"ttfb_ms": ttfbs, "incomplete": sum(not t.complete for t in timings)}
+        say(f"  {name}: TTFB median {metrics[f'ttfb.{name}.median_ms']:.3f} ms")
+    metrics["ttfb.added_ms"] = metrics["ttfb.gateway.median_ms"] - metrics["ttfb.direct.median_ms"]
+    return metrics, raw
+
+
+def concurrent_streams(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    options = setup.options
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for name, service in (("gateway", setup.gateway), ("direct", setup.stream)):
+        url = service.url + CHAT
+        say(f"{options.streams} concurrent streams, {name}: 1 warm-up round, {options.stream_rounds} measured")
+        # One client session for all rounds: the warm-up round opens the connections the measured ones reuse.
+        meter = CpuMeter(setup)
+        rounds = loadgen.run(
+            loadgen.concurrent_streams(url, options.streams, options.stream_rounds + 1, options.api_key)
+        )[1:]
+        setup.check_alive()
+        timings = [t for r in rounds for t in r.timings]
+        prefix = f"streams.{name}"
+        metrics |= {
+            f"{prefix}.ttfb_ms": statistics.median(t.ttfb_ms for t in timings),
+            f"{prefix}.total_ms": statistics.median(t.total_ms for t in timings),
+            f"{prefix}.per_s": statistics.median(r.streams_per_second for r in rounds),
+            f"{prefix}.incomplete": sum(not t.complete for t in timings),
+        }
+        raw[name] = {"round_seconds": [r.seconds for r in rounds], "cpu_ms_all_rounds": meter.stop()}
+        say(f"  {metrics[f'{prefix}.per_s']:,.0f} streams/s, TTFB median {metrics[f'{prefix}.ttfb_ms']:.1f} ms")
+        say(meter.summary() + " (warm-up round included)")
+    metrics["streams.ratio"] = metrics["streams.gateway.per_s"] / metrics["streams.direct.per_s"]
+    return metrics, raw
+
+
+def command_output(argv: list[str]) -> str:
+    """The first line a command prints on stdout or stderr (`nginx -v` and `wrk -v` use either), or ""."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def meta(tools: dict[str, str]) -> dict[str, Any]:
+    packages = ("agent-gateway", "aiohttp", "starlette", "uvicorn", "uvloop", "httptools")
+    versions = {name: importlib.metadata.version(name) for name in packages}
+    versions |= {
+        "python": platform.python_version(),
+        "nginx": command_output([tools["nginx"], "-v"]).removeprefix("nginx version: nginx/"),
+        "wrk": command_output([tools["wrk"], "-v"]).split(" [")[0].removeprefix("wrk "),
+    }
+    commit = command_output(["git", "-C", str(procs.ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
+    # Others edit gateway/ while benchmarks run: say when the measured code is not the commit's.
+    if command_output(["git", "-C", str(procs.ROOT), "status", "--porcelain", "--", "gateway"]):
+        commit += " + uncommitted changes in gateway/"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "load_average_before": os.getloadavg()[0],
+        "versions": versions,
+    }
+
+
+def wait_for_quiet(max_seconds: float, threshold_pct: float = 20.0) -> float:
+    """Wait, at most `max_seconds`, for a second in which the machine is nearly idle; return the last load seen.
+
+    Others run their test suites on this shared machine, and a run measured beside one says little.
+    """
+    deadline = time.monotonic() + max_seconds
+    while True:
+        before = procs.machine_busy_ms()
+        time.sleep(1.0)
+        busy_pct = (procs.machine_busy_ms() - before) / 10
+        if busy_pct <= threshold_pct or time.monotonic() >= deadline:
+            return busy_pct
+        say(f"the machine is busy ({busy_pct:.0f}% of one core used by others); waiting for it to calm down")
+
+
+def measure(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    probe(setup)
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for phase in (saturation, fixed_rate, single_stream, concurrent_streams):
+        try:
+            phase_metrics, phase_raw = phase(setup)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            setup.check_alive()  # a process that died is the better explanation
+            raise BenchError(f"{phase.__name__}: the client failed: {exc!r}") from None
+        metrics |= phase_metrics
+        raw[phase.__name__] = phase_raw
+    metrics["rss.gateway.peak_mb"] = procs.status_kb(setup.gateway.pid, "VmHWM") / 1024
+    return metrics, raw
+
+
+def bench(options: Options) -> int:
+    tools = procs.ensure_tools(["wrk", "nginx"])
+    info = meta(tools)
+    say(
+        f"{info['date']}  {info['cpu']} x{info['cores']}  commit {info['commit']}  "
+        f"load {info['load_average_before']:.2f}"
+    )
+    say("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    with contextlib.ExitStack() as stack:
+        if options.keep:
+            workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+            say(f"logs in {workdir}")
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-")))
+        # Entered in this order, stopped in reverse: the gateway goes first, before its upstreams.
+        nginx = stack.enter_context(procs.nginx_upstream(tools["nginx"], workdir))
+        stream = stack.enter_context(procs.stream_upstream(workdir, options.chunks, options.interval_ms))
+        gateway = stack.enter_context(procs.gateway(workdir, nginx.port, stream.port))
+        say(
+            f"nginx on :{nginx.port}, stream stand-in on :{stream.port}, gateway (pid {gateway.pid}) on :{gateway.port}"
+        )
+        if options.quiet_wait > 0:
+            busy = wait_for_quiet(options.quiet_wait)
+            say(f"machine load before measuring: {busy:.0f}% of one core")
+        started = time.monotonic()
+        metrics, raw = measure(Setup(options, tools["wrk"], gateway, nginx, stream))
+        info["seconds"] = round(time.monotonic() - started, 1)
+        info["load_average_after"] = os.getloadavg()[0]
+        with gateway.log.open("rb") as log:
+            info["gateway_log_lines"] = sum(1 for _ in log)
+    info["options"] = vars(options)
+    path = RESULTS / f"{datetime.datetime.now():%Y%m%d-%H%M%S}{'-quick' if options.quick else ''}.json"
+    report.write_json(path, info, metrics, raw)
+    say(f"\nmeasured in {info['seconds']}s; the gateway wrote {info['gateway_log_lines']:,} log lines\n")
+    say(report.table(metrics))
+    say(f"\nwrote {path.relative_to(procs.ROOT)}")
+    return 0
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the same way out as Ctrl-C, through every `finally` that stops a child.
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    options = parse_args()
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return bench(options)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
