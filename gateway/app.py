@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound
 from gateway.middleware import RequestContextMiddleware
 from gateway.mock import MockUpstream
+from gateway.observability import AccessLog
 from gateway.payload import Endpoint
 from gateway.proxy import Proxy
 from gateway.routing import RoutingTable, load_routes
@@ -146,6 +147,10 @@ def create_app(
     settings = settings or Settings()
     environ = os.environ if environ is None else environ
     runtime = Runtime(settings, routes or load_routes(settings.config, environ), upstreams or {})
+    # Access lines are INFO: a quieter log level turns them off as it would any logger's.
+    access_log = (
+        AccessLog(settings.log_format) if settings.access_log and settings.log_level in ("debug", "info") else None
+    )
     proxy = Proxy(runtime.current_routes, runtime.upstream_for, settings.max_body_bytes)
     endpoints = Endpoints(runtime, proxy)
     app = Starlette(
@@ -159,7 +164,7 @@ def create_app(
             Route("/healthz", endpoints.healthz, methods=["GET"]),
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestContextMiddleware, access_log=settings.access_log)],
+        middleware=[Middleware(RequestContextMiddleware, access_log=access_log)],
         exception_handlers={GatewayError: _render_gateway_error, HTTPException: _render_http_exception},
         lifespan=runtime.lifespan,
     )

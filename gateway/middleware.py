@@ -11,8 +11,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InternalError
+from gateway.observability import AccessLog
 
-access_logger = logging.getLogger("gateway.access")
 error_logger = logging.getLogger("gateway.error")
 
 # What nginx logs for a client that closed the connection before the response; never sent.
@@ -32,7 +32,7 @@ class RequestContextMiddleware:
     """Gives every HTTP request an id (echoed as `x-request-id`), logs one line per request, and turns an
     unexpected exception into an OpenAI-shaped 500 that names the request id instead of showing a traceback."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog | None = None) -> None:
         self.app = app
         self.access_log = access_log
 
@@ -71,20 +71,16 @@ class RequestContextMiddleware:
                 await send({"type": "http.response.body", "body": error.body()})
             status = status or 500
         finally:
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, state, status, time.perf_counter() - started)
-
-
-def _log_access(scope: Scope, state: dict[str, object], status: int, seconds: float) -> None:
-    duration_ms = round(seconds * 1000, 3)
-    fields = {
-        "request_id": state["request_id"],
-        "method": scope["method"],
-        "path": scope["path"],
-        "status": status,
-        "duration_ms": duration_ms,
-        "agent": state.get("agent"),
-        "upstream_status": state.get("upstream_status"),
-        "stream": state.get("stream_outcome"),
-    }
-    access_logger.info("%s %s %s %.1fms", scope["method"], scope["path"], status, duration_ms, extra=fields)
+            if self.access_log is not None:
+                self.access_log.write(
+                    {
+                        "request_id": state["request_id"],
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "agent": state.get("agent"),
+                        "upstream_status": state.get("upstream_status"),
+                        "stream": state.get("stream_outcome"),
+                    }
+                )

@@ -1,10 +1,13 @@
-"""Logging: one JSON (or text) line per event on stderr, uvicorn's own loggers included."""
+"""Logging: one JSON (or text) line per event on stderr, uvicorn's own loggers included, and the access log."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Any
 
+import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -36,3 +39,40 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+class AccessLog:
+    """One line per request on stderr, in the same shape as the other log lines but written directly.
+
+    Through the logging module a line cost ~60 us here (a LogRecord, `extra` set attribute by attribute, the
+    handler lock): 16% of a proxied request's CPU. This is one dict, one orjson call and one write.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        self._json = fmt == "json"
+        self._second = -1
+        self._stamp = ""
+
+    def write(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._stamp = time.strftime(_DATE_FORMAT, time.localtime(now))
+        message = f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']:.1f}ms"
+        if self._json:
+            line = orjson.dumps(
+                {"time": self._stamp, "level": "INFO", "logger": "gateway.access", "message": message, **fields}
+            )
+        else:
+            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k in _TEXT_FIELDS)
+            line = f"{self._stamp} INFO gateway.access: {message} {extra}".encode()
+        # Looked up on every write so that a redirected stderr (tests, daemons) is honoured.
+        stream = getattr(sys.stderr, "buffer", None)
+        if stream is None:
+            sys.stderr.write(line.decode() + "\n")
+        else:
+            stream.write(line + b"\n")
+            stream.flush()
+
+
+_TEXT_FIELDS = frozenset({"request_id", "agent", "upstream_status", "stream"})

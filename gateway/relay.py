@@ -21,6 +21,7 @@ class StreamRelay(Response):
 
     Bytes are relayed unchanged, but cut at event boundaries: an event split across upstream reads waits for its
     end, so that if the upstream drops mid-event the client still gets well-formed events and then our error event.
+    The response starts with the first whole event, so a failure before it is still an HTTP error status.
     When the client disconnects, the upstream response is closed at once, which stops the upstream's generation.
     """
 
@@ -48,18 +49,22 @@ class StreamRelay(Response):
             scope.setdefault("state", {})["stream_outcome"] = self.outcome
 
     async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        started = False
         pending = b""
         last = b""
         try:
             async for chunk in self.upstream.iter_chunks():
                 events, pending = sse.split_events(pending + chunk if pending else chunk)
                 if events:
+                    if not started:
+                        started = await self._start(send)
                     last = events
                     await send({"type": "http.response.body", "body": events, "more_body": True})
         except UpstreamError as exc:
-            await self._fail(send, exc)
+            await (self._fail(send, exc) if started else self._refuse(send, exc))
             return
+        if not started:
+            started = await self._start(send)
         if pending:  # the upstream ended cleanly on a partial event: its bytes, as they are
             last = pending
             await send({"type": "http.response.body", "body": pending, "more_body": True})
@@ -69,7 +74,21 @@ class StreamRelay(Response):
         self.outcome = "completed"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _start(self, send: Send) -> bool:
+        # Sent with the first event rather than with the upstream's headers: until an event has arrived, a failure
+        # can still be a proper HTTP error, and the client gets headers and first event in one go.
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        return True
+
+    async def _refuse(self, send: Send, exc: UpstreamError) -> None:
+        """The upstream failed before its first event: answer as for a request that never streamed."""
+        self.outcome = "upstream_error"
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
+
     async def _fail(self, send: Send, exc: UpstreamError) -> None:
+        """The upstream failed mid-stream: the status is sent, so the stream ends with an error event."""
         self.outcome = "upstream_error"
         await send({"type": "http.response.body", "body": sse.error_event(exc.payload()), "more_body": False})
 

@@ -147,7 +147,7 @@ async def test_a_bug_is_an_openai_shaped_500_naming_the_request_id(
 
 
 @pytest.mark.anyio
-async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     app = create_app(Settings(config=ROOT / "config"), environ={})
     incoming = [
         {"type": "http.request", "body": b'{"model": "demo", ', "more_body": True},
@@ -166,8 +166,17 @@ async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(caplog: p
         "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "", "headers": [],
         "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
     }  # fmt: skip
-    with caplog.at_level("INFO"):
-        await app(scope, receive, send)  # type: ignore[arg-type]
+    await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent == []
-    assert f"POST {CHAT} 499" in caplog.text
-    assert "Traceback" not in caplog.text
+    logged = capsys.readouterr().err
+    assert f"POST {CHAT} 499" in logged
+    assert "Traceback" not in logged
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("level", "logged"), [("info", True), ("warning", False)])
+async def test_access_log_follows_the_log_level(capsys: pytest.CaptureFixture[str], level: str, logged: bool) -> None:
+    app = create_app(Settings(config=ROOT / "config", log_level=level), environ={})  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        await client.get("/healthz")
+    assert ("GET /healthz 200" in capsys.readouterr().err) is logged

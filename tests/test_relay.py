@@ -129,3 +129,12 @@ def test_responses_stream_through_the_mock(client: openai.OpenAI) -> None:
     assert events[-1].type == "response.completed"
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas.startswith('You said: "hi".')
+
+
+def test_upstream_silent_after_its_headers_is_a_504_not_a_stream(client: openai.OpenAI, upstream: Process) -> None:
+    headers = behave(chunks=2, hold_after=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="test-slow", messages=MESSAGES, stream=True, extra_headers=headers)
+    httpx.post(f"{upstream.url}/_release/{headers['x-request-id']}")
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
