@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -14,17 +14,24 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
-from gateway.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound
+from gateway.accounting import Accountant
+from gateway.admin import AdminAPI
+from gateway.auth import Authenticator, resolve_mode
+from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound
+from gateway.exchange import Exchange
 from gateway.middleware import RequestContextMiddleware
 from gateway.mock import MockUpstream
 from gateway.observability import AccessLog
 from gateway.payload import Endpoint
 from gateway.proxy import Proxy
-from gateway.routing import RoutingTable, load_routes
+from gateway.routing import ConfigError, RoutingTable, load_routes
 from gateway.settings import Settings
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
 from gateway.upstream import HTTPUpstream, Upstream
 
 logger = logging.getLogger("gateway")
@@ -37,17 +44,44 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-class Runtime:
-    """What one gateway process holds: the current routing table and the upstream clients."""
+def make_store(settings: Settings) -> Store:
+    if settings.store == "redis":
+        return RedisStore(settings.redis_url)
+    return MemoryStore(settings.state_dir)
 
-    def __init__(self, settings: Settings, routes: RoutingTable, upstreams: Mapping[str, Upstream]) -> None:
+
+class Runtime:
+    """What one gateway process holds: the routing table, the store, and the clients and tasks around them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        environ: Mapping[str, str],
+        routes: RoutingTable,
+        upstreams: Mapping[str, Upstream],
+        store: Store,
+    ) -> None:
         self.settings = settings
+        self.environ = environ
         self.routes = routes
         self.http: HTTPUpstream | None = None
         self.upstreams = {"mock": MockUpstream(), **upstreams}
+        self.store = store
+        self.authenticator = Authenticator(store, "keys", store.cache_ttl)
+        self.accountant = Accountant(store)
 
     def current_routes(self) -> RoutingTable:
         return self.routes
+
+    def reload(self) -> RoutingTable:
+        """Re-read the route config; the new table replaces the old one whole (requests in flight keep theirs)."""
+        try:
+            table = load_routes(self.settings.config, self.environ)
+        except ConfigError as exc:
+            raise InvalidConfig("The route config was not reloaded: " + "; ".join(exc.problems)) from None
+        self.routes = table
+        logger.info("route config reloaded: %d agent(s)", len(table.agents))
+        return table
 
     def upstream_for(self, provider: str) -> Upstream:
         chosen = self.upstreams.get(provider)
@@ -59,16 +93,34 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.http = HTTPUpstream.open(self.settings.upstream_max_connections, self.settings.upstream_connect_timeout)
-        names = ", ".join(agent.name for agent in self.routes.agents)
-        logger.info("agent-gateway %s ready with %d agent(s): %s", __version__, len(self.routes.agents), names)
-        for problem in self.routes.problems():
-            logger.warning("%s", problem)
+        settings = self.settings
+        await self.store.open()
         try:
+            self.authenticator.mode = resolve_mode(
+                settings.auth,
+                admin_key_set=settings.admin_key is not None,
+                key_count=await self.store.count_keys(),
+                host=settings.host,
+            )
+            await self.accountant.start()
+            self.http = HTTPUpstream.open(settings.upstream_max_connections, settings.upstream_connect_timeout)
+            names = ", ".join(agent.name for agent in self.routes.agents)
+            logger.info("agent-gateway %s ready with %d agent(s): %s", __version__, len(self.routes.agents), names)
+            logger.info(
+                "auth: %s; store: %s; admin API: %s",
+                self.authenticator.mode,
+                self.store.name,
+                "on" if settings.admin_key else "off (set GATEWAY_ADMIN_KEY)",
+            )
+            for problem in self.routes.problems():
+                logger.warning("%s", problem)
             yield
         finally:
-            await self.http.close()
-            self.http = None
+            if self.http is not None:
+                await self.http.close()
+                self.http = None
+            await self.accountant.stop()  # after the last request: what they used is written before we exit
+            await self.store.close()
 
 
 class Endpoints:
@@ -91,12 +143,16 @@ class Endpoints:
         return await self.proxy.forward(request, Endpoint.RESPONSES)
 
     async def list_models(self, request: Request) -> Response:
+        key = await self.runtime.authenticator.authenticate(request.scope["headers"])
         routes = self.runtime.routes
-        return JSONResponse({"object": "list", "data": [_model(a.name, routes) for a in routes.agents]})
+        visible = [a for a in routes.agents if key is None or key.allows(a.name)]
+        return JSONResponse({"object": "list", "data": [_model(a.name, routes) for a in visible]})
 
     async def get_model(self, request: Request) -> Response:
+        key = await self.runtime.authenticator.authenticate(request.scope["headers"])
         model = request.path_params["model"]
-        if self.runtime.routes.match(model) is None:
+        agent = self.runtime.routes.match(model)
+        if agent is None or (key is not None and not (key.allows(model) or key.allows(agent.name))):
             raise ModelNotFound(model)
         return JSONResponse(_model(model, self.runtime.routes))
 
@@ -107,6 +163,8 @@ class Endpoints:
         problems = list(self.runtime.routes.problems())
         if self.runtime.http is None:
             problems.append("the upstream client is not open")
+        if not await self.runtime.store.ping():
+            problems.append(f"the {self.runtime.store.name} store is not reachable")
         status = "ready" if not problems else "not_ready"
         body = {"status": status, "agents": len(self.runtime.routes.agents), "problems": problems}
         return JSONResponse(body, status_code=503 if problems else 200)
@@ -139,22 +197,36 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     routes: RoutingTable | None = None,
     upstreams: Mapping[str, Upstream] | None = None,
+    store: Store | None = None,
 ) -> Starlette:
     """Build a gateway app. Loading the route config happens here, so a bad config fails before serving.
 
-    `routes` replaces the config files and `upstreams` the client per provider name (tests inject both).
+    `routes` replaces the config files, `upstreams` the client per provider name and `store` the one the settings
+    name (tests inject them). The store is opened by the lifespan.
     """
     settings = settings or Settings()
     environ = os.environ if environ is None else environ
-    runtime = Runtime(settings, routes or load_routes(settings.config, environ), upstreams or {})
+    table = routes or load_routes(settings.config, environ)
+    runtime = Runtime(settings, environ, table, upstreams or {}, store or make_store(settings))
+    hooks: list[Callable[[Exchange], None]] = [runtime.accountant.record]
     # Access lines are INFO: a quieter log level turns them off as it would any logger's.
-    access_log = (
-        AccessLog(settings.log_format) if settings.access_log and settings.log_level in ("debug", "info") else None
-    )
-    proxy = Proxy(runtime.current_routes, runtime.upstream_for, settings.max_body_bytes)
+    if settings.access_log and settings.log_level in ("debug", "info"):
+        hooks.append(AccessLog(settings.log_format).write)
+    proxy = Proxy(runtime.current_routes, runtime.upstream_for, runtime.authenticator, settings.max_body_bytes)
     endpoints = Endpoints(runtime, proxy)
+    admin_routes: list[BaseRoute] = []
+    if settings.admin_key is not None:
+        admin = AdminAPI(
+            settings.admin_key.get_secret_value(),
+            runtime.store,
+            runtime.current_routes,
+            runtime.reload,
+            runtime.authenticator.forget,
+        )
+        admin_routes = admin.routes()
     app = Starlette(
         routes=[
+            *admin_routes,
             Route("/v1/chat/completions", endpoints.chat_completions, methods=["POST"]),
             Route("/v1/completions", endpoints.completions, methods=["POST"]),
             Route("/v1/embeddings", endpoints.embeddings, methods=["POST"]),
@@ -164,7 +236,7 @@ def create_app(
             Route("/healthz", endpoints.healthz, methods=["GET"]),
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestContextMiddleware, access_log=access_log)],
+        middleware=[Middleware(RequestContextMiddleware, on_complete=hooks)],
         exception_handlers={GatewayError: _render_gateway_error, HTTPException: _render_http_exception},
         lifespan=runtime.lifespan,
     )

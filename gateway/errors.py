@@ -6,12 +6,16 @@ so the OpenAI SDK raises the matching exception::
     GatewayError
      ├── ClientError                 the request is wrong or not allowed
      │    ├── BadRequest             400 invalid_request_error
+     │    │    └── InvalidConfig      400 invalid_config (admin reload)
      │    ├── AuthenticationFailed   401 invalid_api_key
+     │    │    └── AdminAuthFailed   401 invalid_admin_key
      │    ├── PermissionDenied       403 model_not_allowed
      │    ├── NotFound               404 (unknown path)
-     │    │    └── ModelNotFound     404 model_not_found
+     │    │    ├── ModelNotFound     404 model_not_found
+     │    │    └── KeyNotFound       404 key_not_found
      │    ├── MethodNotAllowed       405 method_not_allowed
-     │    └── PayloadTooLarge        413 request_too_large
+     │    ├── PayloadTooLarge        413 request_too_large
+     │    └── ValidationFailed       422 validation_error (admin bodies)
      ├── UpstreamError               the provider failed us
      │    ├── UpstreamUnreachable    502 upstream_unreachable
      │    ├── UpstreamBadResponse    502 upstream_bad_response
@@ -54,9 +58,17 @@ class BadRequest(ClientError):
     code = "invalid_request"
 
 
+class InvalidConfig(BadRequest):
+    code = "invalid_config"
+
+
 class AuthenticationFailed(ClientError):
     status = 401
     code = "invalid_api_key"
+
+
+class AdminAuthFailed(AuthenticationFailed):
+    code = "invalid_admin_key"
 
 
 class PermissionDenied(ClientError):
@@ -76,6 +88,13 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"No key with id `{key_id}`.", param="key_id")
+
+
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
@@ -84,6 +103,11 @@ class MethodNotAllowed(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class ValidationFailed(ClientError):
+    status = 422
+    code = "validation_error"
 
 
 class UpstreamError(GatewayError):

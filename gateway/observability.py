@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
 
 import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
+
+from gateway.exchange import Exchange
 
 _DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 _FORMATS = {
@@ -53,7 +54,8 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def write(self, exchange: Exchange) -> None:
+        fields = exchange.log_fields()
         now = time.time()
         if int(now) != self._second:
             self._second = int(now)
@@ -75,4 +77,6 @@ class AccessLog:
             stream.flush()
 
 
-_TEXT_FIELDS = frozenset({"request_id", "agent", "upstream_status", "stream"})
+_TEXT_FIELDS = frozenset(
+    {"request_id", "key_id", "agent", "upstream_status", "stream", "prompt_tokens", "completion_tokens"}
+)

@@ -9,8 +9,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import payload
+from gateway import payload, usage
+from gateway.auth import Authenticator, authorize
 from gateway.errors import ModelNotFound, PayloadTooLarge, UpstreamBadResponse
+from gateway.exchange import Exchange, exchange_of
 from gateway.payload import Endpoint
 from gateway.relay import StreamRelay
 from gateway.routing import RoutingTable
@@ -26,33 +28,42 @@ class Proxy:
         self,
         routes: Callable[[], RoutingTable],
         upstreams: Callable[[str], Upstream],
+        authenticator: Authenticator,
         max_body_bytes: int,
     ) -> None:
         self._routes = routes
         self._upstream_for = upstreams
+        self._auth = authenticator
         self._max_body_bytes = max_body_bytes
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
+        exchange = exchange_of(request.scope)
+        key = await self._auth.authenticate(request.scope["headers"])
+        exchange.key_id = key.id if key is not None else None
         body = payload.parse(await read_body(request, self._max_body_bytes))
         model = payload.model_of(body)
         stream = payload.wants_stream(body)
         agent = self._routes().match(model)
         if agent is None:
             raise ModelNotFound(model)
-        state = request.scope.setdefault("state", {})
-        state["agent"] = agent.name
+        exchange.agent = agent.name
+        authorize(key, model, agent.name)
+        upstream_body = payload.prepare(endpoint, body, agent)
+        hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
         upstream_request = UpstreamRequest(
             agent=agent,
             path=endpoint.path,
-            payload=payload.prepare(endpoint, body, agent),
+            payload=upstream_body,
             stream=stream,
-            headers=forward_headers(request.scope["headers"], state.get("request_id", "")),
+            headers=forward_headers(request.scope["headers"], exchange.request_id),
         )
         response = await self._upstream_for(agent.provider).send(upstream_request)
-        state["upstream_status"] = response.status
+        exchange.upstream_status = response.status
         if stream and response.status < 300 and response.content_type == "text/event-stream":
-            return StreamRelay(response, ends_with_done=endpoint.ends_with_done)
-        return await buffered(response)
+            meter = usage.StreamMeter(hide_usage=hide_usage)
+            prompt_estimate = usage.estimate_prompt_tokens(upstream_body)
+            return StreamRelay(response, meter, exchange, prompt_estimate, ends_with_done=endpoint.ends_with_done)
+        return await buffered(response, exchange)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -70,13 +81,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def buffered(upstream: UpstreamResponse) -> Response:
+async def buffered(upstream: UpstreamResponse, exchange: Exchange) -> Response:
     """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not."""
     body = await upstream.read()
     parsed = _json(body)
     if upstream.status < 300:
         if parsed is None:
             raise UpstreamBadResponse(f"The upstream answered HTTP {upstream.status} with a body that is not JSON.")
+        counted = usage.from_body(parsed)
+        if counted is not None:
+            exchange.prompt_tokens = counted.prompt_tokens
+            exchange.completion_tokens = counted.completion_tokens
     elif not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
         body = orjson.dumps(upstream_error_payload(upstream.status, body))
     # Both kinds are JSON now, whatever content type the upstream claimed.

@@ -11,7 +11,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import sse
 from gateway.errors import UpstreamBadResponse, UpstreamError
+from gateway.exchange import Exchange
 from gateway.upstream import UpstreamResponse
+from gateway.usage import StreamMeter
 
 STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -25,13 +27,25 @@ class StreamRelay(Response):
     When the client disconnects, the upstream response is closed at once, which stops the upstream's generation.
     """
 
-    def __init__(self, upstream: UpstreamResponse, *, ends_with_done: bool) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamResponse,
+        meter: StreamMeter,
+        exchange: Exchange,
+        prompt_estimate: int,
+        *,
+        ends_with_done: bool,
+    ) -> None:
         self.upstream = upstream
+        self.meter = meter
+        self.exchange = exchange
+        self.prompt_estimate = prompt_estimate
         self.status_code = upstream.status
         self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS]
         self.ends_with_done = ends_with_done
         self.background = None
         self.outcome = "started"
+        self.started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -46,25 +60,30 @@ class StreamRelay(Response):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
-            scope.setdefault("state", {})["stream_outcome"] = self.outcome
+            self.exchange.stream = self.outcome
+            if self.started:  # whatever reached the client is charged: the upstream's usage, else an estimate
+                counted = self.meter.result(self.prompt_estimate)
+                self.exchange.prompt_tokens = counted.prompt_tokens
+                self.exchange.completion_tokens = counted.completion_tokens
+                self.exchange.usage_estimated = counted.estimated
 
     async def _pump(self, send: Send) -> None:
-        started = False
         pending = b""
         last = b""
         try:
             async for chunk in self.upstream.iter_chunks():
                 events, pending = sse.split_events(pending + chunk if pending else chunk)
+                events = self.meter.feed(events) if events else events
                 if events:
-                    if not started:
-                        started = await self._start(send)
+                    if not self.started:
+                        await self._start(send)
                     last = events
                     await send({"type": "http.response.body", "body": events, "more_body": True})
         except UpstreamError as exc:
-            await (self._fail(send, exc) if started else self._refuse(send, exc))
+            await (self._fail(send, exc) if self.started else self._refuse(send, exc))
             return
-        if not started:
-            started = await self._start(send)
+        if not self.started:
+            await self._start(send)
         if pending:  # the upstream ended cleanly on a partial event: its bytes, as they are
             last = pending
             await send({"type": "http.response.body", "body": pending, "more_body": True})
@@ -74,11 +93,11 @@ class StreamRelay(Response):
         self.outcome = "completed"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _start(self, send: Send) -> bool:
+    async def _start(self, send: Send) -> None:
         # Sent with the first event rather than with the upstream's headers: until an event has arrived, a failure
         # can still be a proper HTTP error, and the client gets headers and first event in one go.
+        self.started = True
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        return True
 
     async def _refuse(self, send: Send, exc: UpstreamError) -> None:
         """The upstream failed before its first event: answer as for a request that never streamed."""

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     admin_key: SecretStr | None = None
+    auth: Literal["auto", "keys", "none"] = Field(
+        default="auto", description="auto: keys when an admin key is set or any key exists, else none (loopback only)."
+    )
     store: Literal["memory", "redis"] = "memory"
     state_dir: Path = Path("state")
     redis_url: str = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -9,6 +10,8 @@ import orjson
 # A blank line ends an event; the spec allows \r\n, \n and \r line ends, mixed.
 _TERMINATORS = (b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n", b"\r\n\n")
 _DONE_LINES = (b"data: [DONE]", b"data:[DONE]")
+_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\r\n|\r\n\n|\n\n|\r\r)", re.DOTALL)
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def split_events(buffer: bytes) -> tuple[bytes, bytes]:
@@ -36,3 +39,20 @@ def ends_with_done(events: bytes) -> bool:
 def error_event(payload: dict[str, Any]) -> bytes:
     """An OpenAI-shaped error as one SSE event; the OpenAI SDK raises `APIError` when it reads it."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def iter_events(events: bytes) -> list[bytes]:
+    """Whole events, each with its terminator, so that joining them gives `events` back."""
+    found = _EVENT.findall(events)
+    rest = events[sum(len(e) for e in found) :]
+    return [*found, rest] if rest else found
+
+
+def event_data(event: bytes) -> bytes:
+    """The data of one event: its `data:` lines' values joined by newlines, as the SSE spec assembles them."""
+    values = []
+    for line in _LINE_END.split(event):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            values.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(values)

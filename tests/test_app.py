@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -28,14 +31,23 @@ class BrokenUpstream:
         raise RuntimeError("a bug")
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(config=ROOT / "config", max_body_bytes=2048)
-    app = create_app(settings, environ={})
+@contextlib.asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run (store open, auth mode resolved), and a client for it."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
+
+
+def settings(tmp_path: Path, **changes: Any) -> Settings:
+    return Settings(config=ROOT / "config", state_dir=tmp_path / "state", **changes)
+
+
+@pytest.fixture
+async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(create_app(settings(tmp_path, max_body_bytes=2048), environ={})) as client:
+        yield client
 
 
 def error_of(response: httpx.Response) -> dict[str, object]:
@@ -132,11 +144,10 @@ async def test_bundled_demo_agent_answers_with_the_system_prompt_first(http: htt
 
 @pytest.mark.anyio
 async def test_a_bug_is_an_openai_shaped_500_naming_the_request_id(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    app = create_app(Settings(config=ROOT / "config"), environ={}, upstreams={"mock": BrokenUpstream()})
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+    app = create_app(settings(tmp_path), environ={}, upstreams={"mock": BrokenUpstream()})
+    async with running(app) as client:
         response = await client.post(CHAT, json={"model": "demo", "messages": []}, headers={"x-request-id": "r-42"})
     assert response.status_code == 500
     error = error_of(response)
@@ -147,8 +158,10 @@ async def test_a_bug_is_an_openai_shaped_500_naming_the_request_id(
 
 
 @pytest.mark.anyio
-async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    app = create_app(Settings(config=ROOT / "config"), environ={})
+async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    app = create_app(settings(tmp_path), environ={})
     incoming = [
         {"type": "http.request", "body": b'{"model": "demo", ', "more_body": True},
         {"type": "http.disconnect"},
@@ -166,7 +179,8 @@ async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(capsys: p
         "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "", "headers": [],
         "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080),
     }  # fmt: skip
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)  # type: ignore[arg-type]
     assert sent == []
     logged = capsys.readouterr().err
     assert f"POST {CHAT} 499" in logged
@@ -175,8 +189,9 @@ async def test_client_leaving_mid_body_gets_no_answer_and_no_traceback(capsys: p
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("level", "logged"), [("info", True), ("warning", False)])
-async def test_access_log_follows_the_log_level(capsys: pytest.CaptureFixture[str], level: str, logged: bool) -> None:
-    app = create_app(Settings(config=ROOT / "config", log_level=level), environ={})  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+async def test_access_log_follows_the_log_level(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, level: str, logged: bool
+) -> None:
+    async with running(create_app(settings(tmp_path, log_level=level), environ={})) as client:
         await client.get("/healthz")
     assert ("GET /healthz 200" in capsys.readouterr().err) is logged

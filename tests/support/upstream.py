@@ -7,6 +7,7 @@ Each request may carry `x-test-behaviour: <json>` (the gateway forwards it) sayi
     {"hold_after": 1}         stream: after that many chunks wait until POST /_release/{request id}
     {"drop_after": 2}         stream: after that many chunks abort the connection
     {"no_done": true}         stream: end cleanly without `data: [DONE]`
+    {"no_usage": true}        stream: ignore `stream_options.include_usage` (as some servers do)
     {"raw": "..."}            stream: send exactly these bytes as the body (split in two writes)
     {"not_json": true}        answer 200 with a body that is not JSON
 Every request is recorded under its `x-request-id`: GET /_requests/{id} returns the path, headers, body, and
@@ -29,15 +30,21 @@ RECORDS = web.AppKey("records", dict[str, dict[str, Any]])
 RELEASES = web.AppKey("releases", dict[str, asyncio.Event])
 
 
-def chat_chunk(content: str | None, finish: str | None = None) -> dict[str, Any]:
+STREAM_USAGE = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
+
+
+def chat_chunk(content: str | None, finish: str | None = None, with_usage: bool = False) -> dict[str, Any]:
     delta = {"content": content} if content is not None else {}
-    return {
+    chunk: dict[str, Any] = {
         "id": "chatcmpl-up",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "up",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
+    if with_usage:  # as OpenAI does when asked for usage: every chunk says "usage": null
+        chunk["usage"] = None
+    return chunk
 
 
 def echo_text(body: dict[str, Any]) -> str:
@@ -141,6 +148,8 @@ async def _stream(
         await response.write_eof()
         return response
     chunks = behaviour.get("chunks", 3)
+    options = body.get("stream_options") or {}
+    with_usage = options.get("include_usage") is True and not behaviour.get("no_usage")
     for index in range(chunks):
         if index == behaviour.get("hold_after"):
             record["state"] = "holding"
@@ -154,8 +163,11 @@ async def _stream(
             return response
         if index and behaviour.get("delay"):
             await asyncio.sleep(behaviour["delay"])
-        await response.write(b"data: " + json.dumps(chat_chunk(f"part{index} ")).encode() + b"\n\n")
-    await response.write(b"data: " + json.dumps(chat_chunk(None, "stop")).encode() + b"\n\n")
+        await response.write(b"data: " + json.dumps(chat_chunk(f"part{index} ", None, with_usage)).encode() + b"\n\n")
+    await response.write(b"data: " + json.dumps(chat_chunk(None, "stop", with_usage)).encode() + b"\n\n")
+    if with_usage:
+        final = {**chat_chunk(None), "choices": [], "usage": STREAM_USAGE}
+        await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
     if not behaviour.get("no_done"):
         await response.write(b"data: [DONE]\n\n")
     await response.write_eof()

@@ -1,0 +1,234 @@
+"""The admin API's bodies (validated with pydantic) and its OpenAPI document, built from the same models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsBody(Body):
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute.")
+    rpm_burst: int | None = Field(default=None, gt=0, description="Request bucket size (default: rpm).")
+    tpm: int | None = Field(default=None, gt=0, description="LLM tokens per minute.")
+    tpm_burst: int | None = Field(default=None, gt=0, description="Token bucket size (default: tpm).")
+    max_concurrent: int | None = Field(default=None, gt=0, description="Requests in flight at once.")
+
+
+class QuotasBody(Body):
+    tokens_per_day: int | None = Field(default=None, gt=0, description="Tokens per UTC calendar day.")
+    tokens_per_month: int | None = Field(default=None, gt=0, description="Tokens per UTC calendar month.")
+
+
+class KeyCreate(Body):
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(default_factory=list, description="Allowed agent names or glob patterns; empty: all.")
+    expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, e.g. ...Z.")
+    limits: LimitsBody = Field(default_factory=LimitsBody)
+    quotas: QuotasBody = Field(default_factory=QuotasBody)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form: user, team, purpose.")
+
+
+class KeyUpdate(Body):
+    """Only the fields sent change; `limits` and `quotas` are merged field by field (null clears one)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    models: list[str] | None = None
+    expires_at: AwareDatetime | None = None
+    limits: LimitsBody | None = None
+    quotas: QuotasBody | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Rotate(Body):
+    grace_seconds: int = Field(default=0, ge=0, le=MAX_GRACE_SECONDS, description="How long the old secret works.")
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    prefix: str = Field(description="The secret's first characters, for recognising it.")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+    models: list[str]
+    limits: LimitsBody
+    quotas: QuotasBody
+    metadata: dict[str, Any]
+    rotated_at: datetime | None
+    grace_until: datetime | None
+
+
+class KeyWithSecret(KeyOut):
+    secret: str = Field(description="The virtual key. Shown only in this response.")
+
+
+class KeyList(BaseModel):
+    object: str = "list"
+    data: list[KeyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class Counters(BaseModel):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    errors: int
+    cancelled: int
+
+
+class DayCounters(Counters):
+    day: str
+
+
+class QuotaState(BaseModel):
+    limit: int
+    used: int
+    remaining: int
+    resets_at: datetime
+
+
+class Quotas(BaseModel):
+    tokens_per_day: QuotaState | None
+    tokens_per_month: QuotaState | None
+
+
+class KeyUsage(BaseModel):
+    key_id: str
+    from_: str = Field(alias="from")
+    to: str
+    totals: Counters
+    by_agent: dict[str, Counters]
+    by_day: list[DayCounters]
+    quotas: Quotas
+    limits: LimitsBody
+
+
+class AllUsage(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+    totals: Counters
+    by_key: dict[str, Counters]
+    by_agent: dict[str, Counters]
+    by_day: list[DayCounters]
+
+
+class Route(BaseModel):
+    name: str
+    aliases: list[str]
+    description: str
+    provider: str
+    model: str
+    base_url: str
+    api_key_env: str | None
+    api_key: str = Field(description="`set` or `missing`; never the key.")
+    features: list[str]
+    timeout: float
+    source: str
+
+
+class RouteList(BaseModel):
+    object: str = "list"
+    data: list[Route]
+
+
+class Reloaded(BaseModel):
+    reloaded: bool
+    agents: list[str]
+
+
+class UsageReset(BaseModel):
+    key_id: str
+    reset: bool
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+_SCHEMAS: tuple[type[BaseModel], ...] = (
+    KeyCreate, KeyUpdate, Rotate, KeyOut, KeyWithSecret, KeyList, KeyUsage, AllUsage, RouteList, Reloaded,
+    UsageReset, Error,
+)  # fmt: skip
+
+# (method, path, summary, request body model, success status, response model, extra query parameters)
+_OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str, ...]], ...] = (
+    ("post", "/admin/keys", "Create a key; the secret is in this response only", "KeyCreate", 201, "KeyWithSecret", ()),
+    ("get", "/admin/keys", "List keys", None, 200, "KeyList", ("name", "offset", "limit", "include_revoked")),
+    ("get", "/admin/keys/{key_id}", "Show a key", None, 200, "KeyOut", ()),
+    ("patch", "/admin/keys/{key_id}", "Change a key's name, models, expiry, limits, quotas or metadata",
+     "KeyUpdate", 200, "KeyOut", ()),
+    ("delete", "/admin/keys/{key_id}", "Revoke a key", None, 200, "KeyOut", ()),
+    ("post", "/admin/keys/{key_id}/rotate", "New secret; the old one works for grace_seconds", "Rotate", 200,
+     "KeyWithSecret", ()),
+    ("get", "/admin/keys/{key_id}/usage", "A key's usage by agent and day, and its quotas", None, 200, "KeyUsage",
+     ("days",)),
+    ("post", "/admin/keys/{key_id}/usage/reset", "Forget a key's usage", None, 200, "UsageReset", ()),
+    ("get", "/admin/usage", "Usage of every key", None, 200, "AllUsage", ("days",)),
+    ("get", "/admin/routes", "The route table in force (keys masked)", None, 200, "RouteList", ()),
+    ("post", "/admin/reload", "Re-read the route config; a bad one is refused and the old one stays", None, 200,
+     "Reloaded", ()),
+)  # fmt: skip
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    """The admin API as an OpenAPI 3.1 document."""
+    schemas: dict[str, Any] = {}
+    for model in _SCHEMAS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, status, response, query in _OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                str(status): _content(response, "Success"),
+                "401": _content("Error", "Missing or wrong admin key"),
+                **({"404": _content("Error", "No such key")} if "{key_id}" in path else {}),
+                **({"422": _content("Error", "The body is not valid; `param` names the field")} if body else {}),
+            },
+        }
+        parameters = [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+        parameters = parameters if "{key_id}" in path else []
+        parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in query]
+        if parameters:
+            operation["parameters"] = parameters
+        if body:
+            operation["requestBody"] = {"required": True, "content": _content(body, "")["content"]}
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agent-gateway admin API", "version": version},
+        "security": [{"adminKey": []}],
+        "components": {
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer", "description": "GATEWAY_ADMIN_KEY"}},
+            "schemas": schemas,
+        },
+        "paths": paths,
+    }
+
+
+def _content(model: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+    }

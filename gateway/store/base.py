@@ -1,0 +1,94 @@
+"""What every store offers, and the usage counters it keeps. No IO here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from gateway.keys import KeyRecord
+
+# Counter names kept per key, period and agent.
+COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled")
+# Usage by a request with no key (auth mode `none`) is counted under this key id.
+ANONYMOUS = "-"
+
+
+class KeyConflict(Exception):
+    """A key with that id or secret hash already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One finished request, as accounting records it."""
+
+    key_id: str
+    agent: str
+    day: date
+    requests: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    cancelled: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Counters of one key for one agent over one period (`period` is `YYYY-MM-DD` or `YYYY-MM`)."""
+
+    key_id: str
+    period: str
+    agent: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    cancelled: int = 0
+
+
+def periods(day: date) -> tuple[str, str]:
+    """The two periods a day counts towards: the day itself and its month (UTC calendar)."""
+    return day.isoformat(), day.isoformat()[:7]
+
+
+class Store(Protocol):
+    """Keys and usage. Implementations: `MemoryStore` (one process, persisted to disk) and `RedisStore`."""
+
+    name: str
+    # How long a per-process cache may trust a key lookup: 0 for the embedded store (its lookups are dict reads),
+    # a fraction of a second for a shared one, so that an admin change reaches every replica within a second.
+    cache_ttl: float
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def create_key(self, record: KeyRecord) -> None:
+        """Add a new key; `KeyConflict` if its id or hash exists."""
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def find_key(self, secret_hash: str) -> KeyRecord | None:
+        """The key whose current or grace hash is `secret_hash` (the caller checks `usable`)."""
+
+    async def save_key(self, record: KeyRecord, *, previous: KeyRecord) -> None:
+        """Replace a key's record; the hash index follows the change from `previous` (rotation)."""
+
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key, oldest first."""
+
+    async def count_keys(self) -> int: ...
+
+    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
+        """Add the events to the day and month counters; each call is applied whole or not at all."""
+
+    async def usage(self, key_id: str | None, periods: Sequence[str]) -> list[UsageRow]:
+        """Counter rows for one key (or every key, `None`) over the given periods; all-zero rows left out."""
+
+    async def reset_usage(self, key_id: str) -> None: ...
