@@ -10,6 +10,9 @@ import pytest
 
 from tests.support.processes import Process, free_port, start_gateway, start_upstream
 
+# The real redis-server fixtures (`redis_server`, `redis_url`), for every test module.
+pytest_plugins = ["tests.support.redis"]
+
 UPSTREAM_KEY = "sk-upstream-secret-for-tests"
 
 E2E_CONFIG = """\

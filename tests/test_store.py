@@ -15,7 +15,7 @@ from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret,
 from gateway.store.base import KeyConflict, Store, UsageEvent, UsageRow, periods
 from gateway.store.memory import MemoryStore, StateDirInUse
 from gateway.store.redis import RedisStore
-from tests.support.redis import RedisServer, redis_server, redis_url, start_redis  # noqa: F401
+from tests.support.redis import start_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -255,7 +255,7 @@ async def test_memory_refuses_a_second_process_on_the_same_directory(tmp_path: P
 
 
 @pytest.mark.redis
-async def test_redis_state_is_shared_between_instances(redis_url: str) -> None:  # noqa: F811
+async def test_redis_state_is_shared_between_instances(redis_url: str) -> None:
     prefix = f"test:{uuid.uuid4().hex}:"
     one, two = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
     await one.open()
