@@ -7,6 +7,7 @@ child in order; and a child that ignores SIGTERM is killed with its whole group 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -193,18 +194,23 @@ agents:
 """  # noqa: E501
 
 
-def gateway_env() -> dict[str, str]:
+# The admin key of the benchmark's throwaway gateway; with it set, every request is checked against a virtual key.
+BENCH_ADMIN_KEY = "bench-admin-key"
+
+
+def gateway_env(keys: bool) -> dict[str, str]:
     """The caller's environment without GATEWAY_* settings, so the gateway runs on its defaults (access log on,
     JSON logs at info): a benchmark that quietly turned the access log off would flatter the gateway."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     dropped = sorted(set(os.environ) - set(env))
     if dropped:
         print(f"ignoring {', '.join(dropped)} from the environment: the gateway runs on its defaults", flush=True)
-    return {**env, "BENCH_UPSTREAM_KEY": "x"}
+    extra = {"GATEWAY_ADMIN_KEY": BENCH_ADMIN_KEY} if keys else {}
+    return {**env, **extra, "BENCH_UPSTREAM_KEY": "x"}
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, nginx_port: int, stream_port: int) -> Iterator[Service]:
+def gateway(workdir: Path, nginx_port: int, stream_port: int, keys: bool) -> Iterator[Service]:
     """`gateway serve` exactly as a user runs it, from a scratch working directory (so no stray `.env` applies
     and nothing it writes lands in the repository)."""
     config = workdir / "config"
@@ -215,8 +221,19 @@ def gateway(workdir: Path, nginx_port: int, stream_port: int) -> Iterator[Servic
     if not command.exists():
         raise BenchError(f"{command} not found: run `pip install -e '.[dev]'` in this virtualenv first")
     argv = [str(command), "serve", "--config", str(config), "--port", str(port)]
-    with running("gateway", argv, port, workdir, env=gateway_env(), ready="/readyz") as service:
+    with running("gateway", argv, port, workdir, env=gateway_env(keys), ready="/readyz") as service:
         yield service
+
+
+def create_virtual_key(gateway: Service) -> str:
+    """A virtual key made through the admin API, as an operator would, for the load to authenticate with."""
+    request = urllib.request.Request(
+        gateway.url + "/admin/keys",
+        data=json.dumps({"name": "bench"}).encode(),
+        headers={"authorization": f"Bearer {BENCH_ADMIN_KEY}", "content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["secret"])
 
 
 def _stat(pid: int | str) -> list[str]:

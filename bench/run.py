@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import os
@@ -55,6 +56,7 @@ class Options:
     chunks: int
     interval_ms: float
     api_key: str
+    auth: str
     keep: bool
     quiet_wait: float
 
@@ -122,7 +124,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--ttfb-runs", type=int, help="sequential single streams per target (default 20, quick 5)")
     parser.add_argument("--streams", type=int, default=100, help="concurrent streams per round (default 100)")
     parser.add_argument("--stream-rounds", type=int, help="rounds of concurrent streams (default 5, quick 2)")
-    parser.add_argument("--api-key", default="bench", help="the bearer token clients send to the gateway")
+    parser.add_argument("--api-key", default="bench", help="the bearer token clients send with --auth none")
+    parser.add_argument(
+        "--auth",
+        choices=("keys", "none"),
+        default="keys",
+        help="keys (default): an admin key is set and requests carry a virtual key; none: no authentication",
+    )
     parser.add_argument(
         "--quiet-wait", type=float, help="wait up to this many seconds for an idle machine (default 60, quick 5)"
     )
@@ -145,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         chunks=20,
         interval_ms=5.0,
         api_key=args.api_key,
+        auth=args.auth,
         keep=args.keep,
         quiet_wait=pick(args.quiet_wait, 60, 5),
     )
@@ -390,7 +399,10 @@ def bench(options: Options) -> int:
         # Entered in this order, stopped in reverse: the gateway goes first, before its upstreams.
         nginx = stack.enter_context(procs.nginx_upstream(tools["nginx"], workdir))
         stream = stack.enter_context(procs.stream_upstream(workdir, options.chunks, options.interval_ms))
-        gateway = stack.enter_context(procs.gateway(workdir, nginx.port, stream.port))
+        gateway = stack.enter_context(procs.gateway(workdir, nginx.port, stream.port, options.auth == "keys"))
+        if options.auth == "keys":
+            options = dataclasses.replace(options, api_key=procs.create_virtual_key(gateway))
+            say("auth: every request through the gateway carries a virtual key made with the admin API")
         say(
             f"nginx on :{nginx.port}, stream stand-in on :{stream.port}, gateway (pid {gateway.pid}) on :{gateway.port}"
         )
@@ -403,7 +415,8 @@ def bench(options: Options) -> int:
         info["load_average_after"] = os.getloadavg()[0]
         with gateway.log.open("rb") as log:
             info["gateway_log_lines"] = sum(1 for _ in log)
-    info["options"] = vars(options)
+    # The virtual key is a secret, even a throwaway one: results name only its prefix.
+    info["options"] = {**vars(options), "api_key": options.api_key[:12] + "..."}
     path = RESULTS / f"{datetime.datetime.now():%Y%m%d-%H%M%S}{'-quick' if options.quick else ''}.json"
     report.write_json(path, info, metrics, raw)
     say(f"\nmeasured in {info['seconds']}s; the gateway wrote {info['gateway_log_lines']:,} log lines\n")

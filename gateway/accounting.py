@@ -7,8 +7,6 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-from redis.exceptions import RedisError
-
 from gateway.exchange import Exchange
 from gateway.store.base import ANONYMOUS, Store, UsageEvent
 
@@ -78,7 +76,7 @@ class Accountant:
         batch, self._pending = self._pending, []
         try:
             await self._store.record_usage(batch)
-        except (RedisError, OSError) as exc:
+        except self._store.errors as exc:
             self._pending = batch + self._pending
             if len(self._pending) > MAX_PENDING:
                 dropped = len(self._pending) - MAX_PENDING

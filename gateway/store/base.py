@@ -62,6 +62,8 @@ class Store(Protocol):
     # How long a per-process cache may trust a key lookup: 0 for the embedded store (its lookups are dict reads),
     # a fraction of a second for a shared one, so that an admin change reaches every replica within a second.
     cache_ttl: float
+    # The exceptions that mean "the store is unavailable right now" (worth retrying), as opposed to a bug.
+    errors: tuple[type[Exception], ...]
 
     async def open(self) -> None: ...
 

@@ -50,6 +50,7 @@ class StateDirInUse(Exception):
 class MemoryStore:
     name = "memory"
     cache_ttl = 0.0
+    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error)
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir
