@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -19,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
-from gateway.auth import Authenticator, resolve_mode
+from gateway.auth import Authenticator, is_loopback, resolve_mode
 from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound
 from gateway.exchange import Exchange
 from gateway.middleware import RequestContextMiddleware
@@ -50,6 +51,27 @@ def make_store(settings: Settings) -> Store:
 
         return RedisStore(settings.redis_url)
     return MemoryStore(settings.state_dir)
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse, before binding, what the lifespan would refuse anyway, with a one-line message instead of a failed
+    startup: an embedded state directory held by another process (`StateDirInUse`), and `auto` auth that would
+    leave a non-loopback address without keys (`AuthRefused`). Redis is opened only to count keys, and only when
+    that decides: a Redis that is down at start makes the gateway unready, not absent."""
+    needs_count = settings.auth == "auto" and settings.admin_key is None and not is_loopback(settings.host)
+    if settings.store == "redis" and not needs_count:
+        return
+
+    async def count() -> int:
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.count_keys()
+        finally:
+            await store.close()
+
+    key_count = asyncio.run(count())
+    resolve_mode(settings.auth, admin_key_set=settings.admin_key is not None, key_count=key_count, host=settings.host)
 
 
 class Runtime:

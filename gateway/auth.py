@@ -25,7 +25,7 @@ def resolve_mode(setting: str, *, admin_key_set: bool, key_count: int, host: str
         return "keys" if setting == "keys" else "none"
     if admin_key_set or key_count:
         return "keys"
-    if not _is_loopback(host):
+    if not is_loopback(host):
         raise AuthRefused(
             f"refusing to serve on {host} without authentication: set GATEWAY_ADMIN_KEY (and create keys), "
             "or GATEWAY_AUTH=none if the gateway is only reachable by trusted callers (e.g. a sidecar)"
@@ -33,7 +33,7 @@ def resolve_mode(setting: str, *, admin_key_set: bool, key_count: int, host: str
     return "none"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -48,3 +51,26 @@ def test_sigterm_lets_the_stream_in_flight_finish(tmp_path: Path) -> None:
     finally:
         gateway.stop()
     assert "Finished server process" in gateway.log()
+
+
+def test_serving_without_keys_off_loopback_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_STATE_DIR": str(tmp_path / "state")}
+    env.pop("GATEWAY_ADMIN_KEY", None)
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config"), "--host", "0.0.0.0"]
+    result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
+    assert "GATEWAY_AUTH=none" in result.stderr
+
+
+def test_a_second_process_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    first = start_gateway(ROOT / "config", tmp_path, {"GATEWAY_STATE_DIR": str(tmp_path / "state")})
+    try:
+        env = {**os.environ, "GATEWAY_STATE_DIR": str(tmp_path / "state"), "GATEWAY_ADMIN_KEY": "a" * 32}
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(ROOT / "config"), "--port", "1"]
+        second = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        first.stop()
+    assert second.returncode == 2
+    assert "is used by another gateway process" in second.stderr
+    assert "Traceback" not in second.stderr
