@@ -5,6 +5,16 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_API_KEY") or "bench")
 wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say ok."}],"max_tokens":8}'
 
+-- BENCH_WRONG_KEYS=1: a brute-force caller, a different made-up key on every request.
+if os.getenv("BENCH_WRONG_KEYS") == "1" then
+  math.randomseed(os.time())
+  request = function()
+    wrk.headers["Authorization"] = string.format("Bearer sk-gw-guess%08x%08x",
+      math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+    return wrk.format()
+  end
+end
+
 function done(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(

@@ -225,6 +225,32 @@ def saturation(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     return metrics, raw
 
 
+def wrong_key_flood(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    """A brute-force caller at full speed, a new made-up key per request: what does a rejection cost?
+
+    Every guess misses the key cache, so this is the worst case for the key check; it should cost a fraction of
+    a proxied request (no body parsing, no upstream), which is what keeps a flood from slowing valid callers
+    beyond the CPU it takes.
+    """
+    options = setup.options
+    if options.auth != "keys":
+        return {}, {}
+    seconds = max(1.0, options.saturation_seconds / 2)
+    url = setup.gateway.url + CHAT
+    say(f"wrong-key flood: wrk -t1 -c{options.connections}, a new made-up key per request, {seconds:g}s")
+    meter = CpuMeter(setup)
+    result = wrkload.saturate(setup.wrk, url, seconds, options.connections, options.api_key, wrong_keys=True)
+    cpu = meter.stop()
+    setup.check_alive()
+    say(f"  {result.rps:,.0f} rejections/s, {result.requests - result.status_errors} not rejected")
+    metrics = {
+        "flood.rps": result.rps,
+        "flood.cpu_ms_per_req": cpu["gateway"] / max(1, result.requests),
+        "flood.accepted": float(result.requests - result.status_errors),
+    }
+    return metrics, {**vars(result), "cpu_ms": cpu}
+
+
 def fixed_rate(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     options = setup.options
     metrics: report.Metrics = {}
@@ -370,7 +396,7 @@ def measure(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     probe(setup)
     metrics: report.Metrics = {}
     raw: dict[str, Any] = {}
-    for phase in (saturation, fixed_rate, single_stream, concurrent_streams):
+    for phase in (saturation, wrong_key_flood, fixed_rate, single_stream, concurrent_streams):
         try:
             phase_metrics, phase_raw = phase(setup)
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -27,11 +27,14 @@ class WrkResult:
         return self.requests / self.seconds
 
 
-def saturate(wrk: str, url: str, seconds: float, connections: int, api_key: str) -> WrkResult:
-    """Run wrk against `url` for `seconds`; the subprocess timeout bounds it even if wrk hangs."""
+def saturate(
+    wrk: str, url: str, seconds: float, connections: int, api_key: str, *, wrong_keys: bool = False
+) -> WrkResult:
+    """Run wrk against `url` for `seconds`; the subprocess timeout bounds it even if wrk hangs. `wrong_keys`
+    sends a different made-up key on every request instead of `api_key`."""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
             "-s", str(LUA), url]  # fmt: skip
-    env = {**os.environ, "BENCH_API_KEY": api_key}
+    env = {**os.environ, "BENCH_API_KEY": api_key, "BENCH_WRONG_KEYS": "1" if wrong_keys else "0"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 30, check=False)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")

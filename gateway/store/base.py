@@ -21,7 +21,7 @@ class KeyConflict(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
-    """One finished request, as accounting records it."""
+    """One finished request as accounting records it, or several of the same key, agent and day summed."""
 
     key_id: str
     agent: str
