@@ -18,8 +18,9 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__, reports
 from gateway.admin_schema import KeyCreate, KeyUpdate, Rotate, openapi_document
 from gateway.auth import presented_secret
-from gateway.errors import AdminAuthFailed, BadRequest, KeyNotFound, ValidationFailed
+from gateway.errors import AdminAuthFailed, BadRequest, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
+from gateway.proxy import read_body
 from gateway.routing import RoutingTable
 from gateway.store.base import Store
 
@@ -43,8 +44,11 @@ class AdminAPI:
         routes: Callable[[], RoutingTable],
         reload: Callable[[], RoutingTable],
         keys_changed: Callable[[], None],
+        *,
+        max_body_bytes: int,
     ) -> None:
         self._admin_key = admin_key.encode()
+        self._max_body_bytes = max_body_bytes
         self._store = store
         self._routes = routes
         self._reload = reload
@@ -69,7 +73,7 @@ class AdminAPI:
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             presented = presented_secret(request.scope["headers"]) or ""
-            if not hmac.compare_digest(presented.encode(), self._admin_key):
+            if not presented or not hmac.compare_digest(presented.encode(), self._admin_key):
                 raise AdminAuthFailed("Missing or wrong admin key: send `Authorization: Bearer $GATEWAY_ADMIN_KEY`.")
             return await handler(request)
 
@@ -79,7 +83,7 @@ class AdminAPI:
         return json_response(openapi_document(__version__))
 
     async def create_key(self, request: Request) -> Response:
-        body = await _body(request, KeyCreate)
+        body = await self._body(request, KeyCreate)
         _check_future(body.expires_at)
         secret = new_secret()
         record = KeyRecord(
@@ -102,17 +106,20 @@ class AdminAPI:
         offset = _int_param(query.get("offset"), "offset", 0, 0, None)
         limit = _int_param(query.get("limit"), "limit", 50, 1, MAX_PAGE)
         name = (query.get("name") or "").lower()
-        include_revoked = query.get("include_revoked", "true").lower() != "false"
+        include_revoked = _bool_param(query.get("include_revoked"), "include_revoked", default=True)
         wanted = {k.removeprefix("metadata."): v for k, v in query.items() if k.startswith("metadata.")}
         matching = [
             record
             for record in await self._store.list_keys()
             if name in record.name.lower()
             and (include_revoked or not record.revoked)
-            and all(str(record.metadata.get(k)) == v for k, v in wanted.items())
+            and all(k in record.metadata and _as_text(record.metadata[k]) == v for k, v in wanted.items())
         ]
         page = [record.public() for record in matching[offset : offset + limit]]
         return json_response({"object": "list", "data": page, "total": len(matching), "offset": offset, "limit": limit})
+
+    async def _body(self, request: Request, model: type[M], *, allow_empty: bool = False) -> M:
+        return await _read_body(request, model, self._max_body_bytes, allow_empty=allow_empty)
 
     async def _key(self, request: Request) -> KeyRecord:
         key_id = request.path_params["key_id"]
@@ -126,7 +133,7 @@ class AdminAPI:
 
     async def update_key(self, request: Request) -> Response:
         record = await self._key(request)
-        body = await _body(request, KeyUpdate)
+        body = await self._body(request, KeyUpdate)
         changes: dict[str, Any] = {}
         sent = body.model_fields_set
         if "name" in sent:
@@ -158,7 +165,9 @@ class AdminAPI:
 
     async def rotate_key(self, request: Request) -> Response:
         record = await self._key(request)
-        body = await _body(request, Rotate, allow_empty=True)
+        if record.revoked:
+            raise KeyRevoked(f"Key `{record.id}` is revoked; a new secret for it could never be used.")
+        body = await self._body(request, Rotate, allow_empty=True)
         secret = new_secret()
         now = utcnow()
         grace = body.grace_seconds > 0
@@ -232,8 +241,8 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
-async def _body(request: Request, model: type[M], *, allow_empty: bool = False) -> M:
-    raw = await request.body()
+async def _read_body(request: Request, model: type[M], limit: int, *, allow_empty: bool = False) -> M:
+    raw = await read_body(request, limit)
     if not raw.strip() and allow_empty:
         raw = b"{}"
     try:
@@ -252,6 +261,21 @@ def _sent_fields(model: BaseModel) -> dict[str, Any]:
 def _check_future(moment: Any) -> None:
     if moment is not None and moment <= utcnow():
         raise ValidationFailed("expires_at: must be in the future", param="expires_at")
+
+
+def _as_text(value: Any) -> str:
+    """A metadata value as a query string would spell it: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _bool_param(raw: str | None, name: str, *, default: bool) -> bool:
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"`{name}` must be true or false.", param=name)
 
 
 def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:

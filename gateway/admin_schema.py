@@ -172,7 +172,8 @@ _SCHEMAS: tuple[type[BaseModel], ...] = (
 # (method, path, summary, request body model, success status, response model, extra query parameters)
 _OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str, ...]], ...] = (
     ("post", "/admin/keys", "Create a key; the secret is in this response only", "KeyCreate", 201, "KeyWithSecret", ()),
-    ("get", "/admin/keys", "List keys", None, 200, "KeyList", ("name", "offset", "limit", "include_revoked")),
+    ("get", "/admin/keys", "List keys; also filter by metadata with `metadata.<field>=<value>`", None, 200, "KeyList",
+     ("name", "offset", "limit", "include_revoked")),
     ("get", "/admin/keys/{key_id}", "Show a key", None, 200, "KeyOut", ()),
     ("patch", "/admin/keys/{key_id}", "Change a key's name, models, expiry, limits, quotas or metadata",
      "KeyUpdate", 200, "KeyOut", ()),
@@ -204,6 +205,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                 str(status): _content(response, "Success"),
                 "401": _content("Error", "Missing or wrong admin key"),
                 **({"404": _content("Error", "No such key")} if "{key_id}" in path else {}),
+                **({"400": _content("Error", "A query parameter is not valid")} if query else {}),
+                **(
+                    {"400": _content("Error", "The new config is not valid; the old one keeps serving")}
+                    if path == "/admin/reload"
+                    else {}
+                ),
+                **({"409": _content("Error", "The key is revoked")} if path.endswith("/rotate") else {}),
                 **({"422": _content("Error", "The body is not valid; `param` names the field")} if body else {}),
             },
         }
@@ -213,7 +221,9 @@ def openapi_document(version: str) -> dict[str, Any]:
         if parameters:
             operation["parameters"] = parameters
         if body:
-            operation["requestBody"] = {"required": True, "content": _content(body, "")["content"]}
+            # Rotate's body is optional (no body: no grace period).
+            required = body != "Rotate"
+            operation["requestBody"] = {"required": required, "content": _content(body, "")["content"]}
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",

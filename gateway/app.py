@@ -102,6 +102,7 @@ class Runtime:
         try:
             table = load_routes(self.settings.config, self.environ)
         except ConfigError as exc:
+            logger.warning("route config not reloaded, the old one keeps serving: %s", "; ".join(exc.problems))
             raise InvalidConfig("The route config was not reloaded: " + "; ".join(exc.problems)) from None
         self.routes = table
         logger.info("route config reloaded: %d agent(s)", len(table.agents))
@@ -246,6 +247,7 @@ def create_app(
             runtime.current_routes,
             runtime.reload,
             runtime.authenticator.forget,
+            max_body_bytes=settings.max_body_bytes,
         )
         admin_routes = admin.routes()
     app = Starlette(

@@ -14,6 +14,7 @@ so the OpenAI SDK raises the matching exception::
      │    │    ├── ModelNotFound     404 model_not_found
      │    │    └── KeyNotFound       404 key_not_found
      │    ├── MethodNotAllowed       405 method_not_allowed
+     │    ├── KeyRevoked             409 key_revoked (rotating a revoked key)
      │    ├── PayloadTooLarge        413 request_too_large
      │    └── ValidationFailed       422 validation_error (admin bodies)
      ├── UpstreamError               the provider failed us
@@ -98,6 +99,11 @@ class KeyNotFound(NotFound):
 class MethodNotAllowed(ClientError):
     status = 405
     code = "method_not_allowed"
+
+
+class KeyRevoked(ClientError):
+    status = 409
+    code = "key_revoked"
 
 
 class PayloadTooLarge(ClientError):

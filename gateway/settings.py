@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_KEY_LENGTH = 12
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,19 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
     drain_timeout: float = Field(default=30.0, ge=0)
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _admin_key(cls, value: object) -> object:
+        # An empty GATEWAY_ADMIN_KEY= means "off", never "an admin key that an empty header matches".
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str) and len(value.strip()) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(
+                f"GATEWAY_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters; make one with "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value.strip() if isinstance(value, str) else value
 
 
 def environ_with_dotenv() -> Mapping[str, str]:

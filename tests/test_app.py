@@ -195,3 +195,20 @@ async def test_access_log_follows_the_log_level(
     async with running(create_app(settings(tmp_path, log_level=level), environ={})) as client:
         await client.get("/healthz")
     assert ("GET /healthz 200" in capsys.readouterr().err) is logged
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_admin_key_means_the_admin_api_is_off(value: str) -> None:
+    assert Settings(admin_key=value).admin_key is None
+
+
+def test_a_short_admin_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 12 characters"):
+        Settings(admin_key="short")
+
+
+@pytest.mark.anyio
+async def test_admin_api_with_an_empty_key_setting_is_not_served(tmp_path: Path) -> None:
+    async with running(create_app(settings(tmp_path, admin_key=""), environ={})) as client:
+        response = await client.post("/admin/keys", json={"name": "sneaky"})
+    assert response.status_code == 404

@@ -382,3 +382,22 @@ def test_admin_api_is_off_without_an_admin_key(plain_gateway: Process) -> None:
     response = httpx.get(plain_gateway.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_url"
+
+
+def test_a_revoked_key_cannot_be_rotated(admin: Admin) -> None:
+    key = admin.create()
+    admin.http.delete(f"/admin/keys/{key['id']}")
+    refused = admin.http.post(f"/admin/keys/{key['id']}/rotate")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "key_revoked"
+    assert "sk-gw-" not in refused.text
+
+
+def test_list_filters_are_exact(admin: Admin) -> None:
+    tagged = admin.create(name="exact-filter", metadata={"owner": "ana", "paid": True})
+    admin.create(name="exact-filter-untagged")
+    ids = [k["id"] for k in admin.http.get("/admin/keys", params={"metadata.owner": "None"}).json()["data"]]
+    assert ids == []
+    ids = [k["id"] for k in admin.http.get("/admin/keys", params={"metadata.paid": "true"}).json()["data"]]
+    assert ids == [tagged["id"]]
+    assert admin.http.get("/admin/keys", params={"include_revoked": "maybe"}).status_code == 400
