@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
 from gateway.auth import Authenticator, is_loopback, resolve_mode
-from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound
+from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound, StoreUnavailable
 from gateway.exchange import Exchange
 from gateway.middleware import RequestContextMiddleware
 from gateway.mock import MockUpstream
@@ -204,6 +204,12 @@ async def _render_gateway_error(request: Request, exc: Exception) -> Response:
     return Response(exc.body(), status_code=exc.status, media_type="application/json")
 
 
+async def _render_store_error(request: Request, exc: Exception) -> Response:
+    logger.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    error = StoreUnavailable("The gateway's key and usage store is unavailable; retry shortly.")
+    return await _render_gateway_error(request, error)
+
+
 async def _render_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     where = f"({request.method} {request.url.path})"
@@ -263,7 +269,12 @@ def create_app(
             Route("/readyz", endpoints.readyz, methods=["GET"]),
         ],
         middleware=[Middleware(RequestContextMiddleware, on_complete=hooks)],
-        exception_handlers={GatewayError: _render_gateway_error, HTTPException: _render_http_exception},
+        exception_handlers={
+            GatewayError: _render_gateway_error,
+            HTTPException: _render_http_exception,
+            # Redis away, or the state directory failing: 503, never a 500 with a traceback.
+            **dict.fromkeys(runtime.store.errors, _render_store_error),
+        },
         lifespan=runtime.lifespan,
     )
     app.state.runtime = runtime

@@ -43,6 +43,8 @@ def is_loopback(host: str) -> bool:
 
 
 _CACHE_SIZE = 10_000
+# How long a cached valid key keeps working while the store cannot be reached.
+STALE_SECONDS = 300.0
 
 
 def presented_secret(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -100,9 +102,18 @@ class Authenticator:
         cached = self._cache.get(secret_hash)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        record = await self.store.find_key(secret_hash)
+        try:
+            record = await self.store.find_key(secret_hash)
+        except self.store.errors:
+            # While the store is away no key can change either: a key seen recently keeps working (for at most
+            # STALE_SECONDS), an unknown one is refused with 503 rather than 401, since it may well be valid.
+            if cached is not None and cached[1] is not None and now - cached[0] < STALE_SECONDS:
+                return cached[1]
+            raise
         if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()  # cheaper than LRU bookkeeping, and entries only live a moment anyway
+            # Cheaper than LRU bookkeeping, and entries only live a moment anyway; valid keys are kept so that a
+            # flood of made-up keys cannot push them out before a store outage.
+            self._cache = {h: entry for h, entry in self._cache.items() if entry[1] is not None}
         self._cache[secret_hash] = (now, record)
         return record
 

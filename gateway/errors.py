@@ -22,6 +22,7 @@ so the OpenAI SDK raises the matching exception::
      │    ├── UpstreamBadResponse    502 upstream_bad_response
      │    ├── UpstreamNotConfigured  503 upstream_not_configured
      │    └── UpstreamTimeout        504 upstream_timeout
+     ├── StoreUnavailable            503 store_unavailable (Redis or the state directory is failing)
      └── InternalError               500 internal_error (a bug; logged with its traceback)
 """
 
@@ -138,6 +139,12 @@ class UpstreamNotConfigured(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
 
 
 class InternalError(GatewayError):

@@ -401,3 +401,41 @@ def test_list_filters_are_exact(admin: Admin) -> None:
     ids = [k["id"] for k in admin.http.get("/admin/keys", params={"metadata.paid": "true"}).json()["data"]]
     assert ids == [tagged["id"]]
     assert admin.http.get("/admin/keys", params={"include_revoked": "maybe"}).status_code == 400
+
+
+def test_redis_outage_keeps_known_keys_working_and_answers_503_not_500(
+    upstream: Process, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    redis_server.start()
+    redis_server.flush()
+    gateway = keyed_gateway(upstream, tmp_path, GATEWAY_STORE="redis", REDIS_URL=redis_server.url)
+    operator = Admin(gateway)
+    try:
+        key = operator.create()
+        with sdk(gateway, key["secret"]) as client:
+            client.chat.completions.create(model="test-chat", messages=MESSAGES)
+            operator.usage(key["id"], requests=1)  # written before the outage
+            redis_server.stop()
+            time.sleep(0.6)  # past the key cache's trust period: the gateway has to ask Redis and cannot
+            reply = client.chat.completions.create(model="test-chat", messages=MESSAGES)
+            assert reply.choices[0].message.content
+        with sdk(gateway, "sk-gw-never-seen-before") as stranger, pytest.raises(openai.InternalServerError) as caught:
+            stranger.models.list()
+        assert caught.value.status_code == 503
+        assert caught.value.code == "store_unavailable"
+        listing = operator.http.get("/admin/keys")
+        assert listing.status_code == 503
+        assert httpx.get(gateway.url + "/readyz").status_code == 503
+        redis_server.start()  # an empty Redis (the test server keeps nothing), so only what was pending lands
+        deadline = time.monotonic() + 10
+        written = {}
+        while not written and time.monotonic() < deadline:
+            written = operator.http.get("/admin/usage").json()["by_key"]
+            time.sleep(0.1)
+        # The request served during the outage was kept and written once Redis was back.
+        assert written[key["id"]]["requests"] == 1
+        assert "Traceback" not in gateway.log()
+    finally:
+        operator.http.close()
+        gateway.stop()
+        redis_server.start()

@@ -50,7 +50,7 @@ class StateDirInUse(Exception):
 class MemoryStore:
     name = "memory"
     cache_ttl = 0.0
-    errors: tuple[type[Exception], ...] = (OSError, sqlite3.Error)
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, state_dir: Path) -> None:
         self._dir = state_dir

@@ -57,7 +57,7 @@ class RedisStore:
     name = "redis"
     # Every replica writes here, so a per-process key cache may trust a lookup only briefly (revocation latency).
     cache_ttl: float = 0.5
-    errors: tuple[type[Exception], ...] = (RedisError, OSError)
+    errors: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
         self._url = url
