@@ -1,4 +1,5 @@
-"""The proxy path, in the order the product does it: match the agent, rewrite, forward, relay."""
+"""The proxy path, in the order the product does it: authenticate, match the agent, authorize, rewrite, forward,
+relay, and note what accounting needs."""
 
 from __future__ import annotations
 
