@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
-from gateway.auth import Authenticator, is_loopback, resolve_mode
+from gateway.auth import Authenticator, AuthMode, is_loopback, resolve_mode
 from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound, StoreUnavailable
 from gateway.exchange import Exchange
 from gateway.middleware import RequestContextMiddleware
@@ -108,6 +108,18 @@ class Runtime:
         logger.info("route config reloaded: %d agent(s)", len(table.agents))
         return table
 
+    async def _auth_mode(self) -> AuthMode:
+        settings = self.settings
+        if settings.auth != "auto" or settings.admin_key is not None:
+            return resolve_mode(settings.auth, admin_key_set=settings.admin_key is not None, key_count=0, host="")
+        try:
+            key_count = await self.store.count_keys()
+        except self.store.errors as exc:
+            # Whether keys exist cannot be known: require them (fail closed) rather than let anyone in.
+            logger.warning("cannot count keys (%s): requiring keys until restart", exc)
+            return "keys"
+        return resolve_mode(settings.auth, admin_key_set=False, key_count=key_count, host=settings.host)
+
     def upstream_for(self, provider: str) -> Upstream:
         chosen = self.upstreams.get(provider)
         if chosen is not None:
@@ -121,12 +133,7 @@ class Runtime:
         settings = self.settings
         await self.store.open()
         try:
-            self.authenticator.mode = resolve_mode(
-                settings.auth,
-                admin_key_set=settings.admin_key is not None,
-                key_count=await self.store.count_keys(),
-                host=settings.host,
-            )
+            self.authenticator.mode = await self._auth_mode()
             await self.accountant.start()
             self.http = HTTPUpstream.open(settings.upstream_max_connections, settings.upstream_connect_timeout)
             names = ", ".join(agent.name for agent in self.routes.agents)

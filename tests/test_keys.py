@@ -439,3 +439,25 @@ def test_redis_outage_keeps_known_keys_working_and_answers_503_not_500(
         operator.http.close()
         gateway.stop()
         redis_server.start()
+
+
+def test_a_gateway_started_while_redis_is_down_serves_unready_until_it_is_back(
+    upstream: Process, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    gateway = keyed_gateway(upstream, tmp_path, GATEWAY_STORE="redis", REDIS_URL=redis.url)
+    try:
+        ready = httpx.get(gateway.url + "/readyz")
+        assert ready.status_code == 503
+        assert any("redis" in problem for problem in ready.json()["problems"])
+        refused = httpx.get(gateway.url + "/v1/models", headers={"authorization": "Bearer sk-gw-anything"})
+        assert refused.status_code == 503
+        redis.start()
+        # (the test config has an agent without its key, so readiness lists that one problem either way)
+        assert not any("redis" in p for p in httpx.get(gateway.url + "/readyz").json()["problems"])
+        with Admin(gateway).http as http:
+            assert http.post("/admin/keys", json={"name": "after"}).status_code == 201
+    finally:
+        gateway.stop()
+        redis.stop()
