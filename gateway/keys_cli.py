@@ -103,13 +103,7 @@ def create_key(
         models=models,
         expires_in=expires_in,
         expires_at=expires_at,
-        limits={
-            "rpm": rpm,
-            "rpm_burst": rpm_burst,
-            "tpm": tpm,
-            "tpm_burst": tpm_burst,
-            "max_concurrent": max_concurrent,
-        },
+        limits=_limits(rpm, rpm_burst, tpm, tpm_burst, max_concurrent),
         quotas={"tokens_per_day": tokens_per_day, "tokens_per_month": tokens_per_month},
         metadata=metadata,
     )
@@ -181,13 +175,7 @@ def update_key(
         models=models,
         expires_in=expires_in,
         expires_at=expires_at,
-        limits={
-            "rpm": rpm,
-            "rpm_burst": rpm_burst,
-            "tpm": tpm,
-            "tpm_burst": tpm_burst,
-            "max_concurrent": max_concurrent,
-        },
+        limits=_limits(rpm, rpm_burst, tpm, tpm_burst, max_concurrent),
         quotas={"tokens_per_day": tokens_per_day, "tokens_per_month": tokens_per_month},
         metadata=metadata,
     )
@@ -287,6 +275,12 @@ def _key_fields(
 
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _limits(
+    rpm: int | None, rpm_burst: int | None, tpm: int | None, tpm_burst: int | None, max_concurrent: int | None
+) -> dict[str, int | None]:
+    return {"rpm": rpm, "rpm_burst": rpm_burst, "tpm": tpm, "tpm_burst": tpm_burst, "max_concurrent": max_concurrent}
 
 
 def _duration(text: str) -> timedelta:
