@@ -76,6 +76,9 @@ class RateLimitSpec(Spec):
 class LimitsSpec(Spec):
     max_concurrent_requests: int | None = Field(default=None, gt=0)
     max_tokens_per_request: int | None = Field(default=None, gt=0)
+    over_max_tokens: Literal["reject", "clamp"] = Field(
+        default="reject", description="A request asking for more output than max_tokens_per_request: 400, or cut down."
+    )
     max_requests_per_minute: int | None = Field(default=None, gt=0)
 
 
@@ -149,7 +152,11 @@ class Agent:
             on.append("streaming")
         if self.spec.rate_limit.enabled:
             on.append("rate-limit")
-        if any(v is not None for v in self.spec.limits.model_dump().values()):
+        limits = self.spec.limits
+        if any(
+            v is not None
+            for v in (limits.max_concurrent_requests, limits.max_tokens_per_request, limits.max_requests_per_minute)
+        ):
             on.append("limits")
         if self.system_prompt:
             on.append("system-prompt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -21,12 +22,23 @@ from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
 from gateway.auth import Authenticator, AuthMode, is_loopback, resolve_mode
-from gateway.errors import GatewayError, InvalidConfig, MethodNotAllowed, ModelNotFound, NotFound, StoreUnavailable
+from gateway.errors import (
+    GatewayError,
+    InvalidConfig,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
 from gateway.exchange import Exchange
+from gateway.guard import Guard
+from gateway.limiter import Limiter, MemoryLimiter
 from gateway.middleware import RequestContextMiddleware
 from gateway.mock import MockUpstream
 from gateway.observability import AccessLog
 from gateway.payload import Endpoint
+from gateway.policy import Defaults
 from gateway.proxy import Proxy
 from gateway.routing import ConfigError, RoutingTable, load_routes
 from gateway.settings import Settings
@@ -51,6 +63,14 @@ def make_store(settings: Settings) -> Store:
 
         return RedisStore(settings.redis_url)
     return MemoryStore(settings.state_dir)
+
+
+def make_limiter(settings: Settings) -> Limiter:
+    if (settings.rate_limit_storage or settings.store) == "redis":
+        from gateway.limiter_redis import RedisLimiter  # noqa: PLC0415 (see make_store)
+
+        return RedisLimiter(settings.redis_url, settings.rate_limit_failure)
+    return MemoryLimiter()
 
 
 def preflight(settings: Settings) -> None:
@@ -80,10 +100,12 @@ class Runtime:
     def __init__(
         self,
         settings: Settings,
+        *,
         environ: Mapping[str, str],
         routes: RoutingTable,
         upstreams: Mapping[str, Upstream],
         store: Store,
+        limiter: Limiter,
     ) -> None:
         self.settings = settings
         self.environ = environ
@@ -93,6 +115,13 @@ class Runtime:
         self.store = store
         self.authenticator = Authenticator(store, "keys", store.cache_ttl)
         self.accountant = Accountant(store)
+        self.guard = Guard(
+            limiter,
+            defaults=Defaults(settings.rate_limit_requests_per_minute),
+            queue_timeout=settings.queue_timeout,
+            default_max_tokens=settings.default_max_tokens,
+            trusted_proxies=settings.trusted_proxies,
+        )
 
     def current_routes(self) -> RoutingTable:
         return self.routes
@@ -146,11 +175,23 @@ class Runtime:
             )
             for problem in self.routes.problems():
                 logger.warning("%s", problem)
+            for agent in self.routes.agents:
+                if (
+                    agent.spec.rate_limit.enabled
+                    and agent.spec.rate_limit.storage == "redis" != self.guard.limiter.name
+                ):
+                    logger.warning(
+                        "agent '%s' asks for Redis rate limiting; the gateway's limiter is %s "
+                        "(set RATE_LIMIT_STORAGE=redis to share buckets between processes)",
+                        agent.name,
+                        self.guard.limiter.name,
+                    )
             yield
         finally:
             if self.http is not None:
                 await self.http.close()
                 self.http = None
+            await self.guard.close()
             await self.accountant.stop()  # after the last request: what they used is written before we exit
             await self.store.close()
 
@@ -208,7 +249,12 @@ def _model(model: str, routes: RoutingTable) -> dict[str, Any]:
 
 async def _render_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return Response(exc.body(), status_code=exc.status, media_type="application/json")
+    response = Response(exc.body(), status_code=exc.status, media_type="application/json")
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        wait = exc.retry_after
+        response.raw_headers += [(b"retry-after", str(math.ceil(wait)).encode()),
+                                 (b"retry-after-ms", str(math.ceil(wait * 1000)).encode())]  # fmt: skip
+    return response
 
 
 async def _render_store_error(request: Request, exc: Exception) -> Response:
@@ -236,6 +282,7 @@ def create_app(
     routes: RoutingTable | None = None,
     upstreams: Mapping[str, Upstream] | None = None,
     store: Store | None = None,
+    limiter: Limiter | None = None,
 ) -> Starlette:
     """Build a gateway app. Loading the route config happens here, so a bad config fails before serving.
 
@@ -245,12 +292,21 @@ def create_app(
     settings = settings or Settings()
     environ = os.environ if environ is None else environ
     table = routes or load_routes(settings.config, environ)
-    runtime = Runtime(settings, environ, table, upstreams or {}, store or make_store(settings))
-    hooks: list[Callable[[Exchange], None]] = [runtime.accountant.record]
+    runtime = Runtime(
+        settings,
+        environ=environ,
+        routes=table,
+        upstreams=upstreams or {},
+        store=store or make_store(settings),
+        limiter=limiter or make_limiter(settings),
+    )
+    hooks: list[Callable[[Exchange], None]] = [runtime.guard.finish, runtime.accountant.record]
     # Access lines are INFO: a quieter log level turns them off as it would any logger's.
     if settings.access_log and settings.log_level in ("debug", "info"):
         hooks.append(AccessLog(settings.log_format).write)
-    proxy = Proxy(runtime.current_routes, runtime.upstream_for, runtime.authenticator, settings.max_body_bytes)
+    proxy = Proxy(
+        runtime.current_routes, runtime.upstream_for, runtime.authenticator, runtime.guard, settings.max_body_bytes
+    )
     endpoints = Endpoints(runtime, proxy)
     admin_routes: list[BaseRoute] = []
     if settings.admin_key is not None:

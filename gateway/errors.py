@@ -16,6 +16,8 @@ so the OpenAI SDK raises the matching exception::
      │    ├── MethodNotAllowed       405 method_not_allowed
      │    ├── KeyRevoked             409 key_revoked (rotating a revoked key)
      │    ├── PayloadTooLarge        413 request_too_large
+     │    ├── RateLimited            429 rate_limit_exceeded (a bucket or a concurrency limit; with Retry-After)
+     │    │    └── QuotaExceeded     429 insufficient_quota
      │    └── ValidationFailed       422 validation_error (admin bodies)
      ├── UpstreamError               the provider failed us
      │    ├── UpstreamUnreachable    502 upstream_unreachable
@@ -115,6 +117,21 @@ class PayloadTooLarge(ClientError):
 class ValidationFailed(ClientError):
     status = 422
     code = "validation_error"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # for limits with no bucket to compute it from (concurrency)
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamError(GatewayError):

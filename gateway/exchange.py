@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.concurrency import Lease
+    from gateway.ratelimit import Charge, Decision
 
 
 @dataclass(slots=True)
@@ -23,6 +27,10 @@ class Exchange:
     completion_tokens: int | None = None
     usage_estimated: bool = False
     duration_ms: float = 0.0
+    ratelimit: Decision | None = None  # the limiter's answer: the x-ratelimit-* headers come from it
+    charge: Charge | None = None  # what was taken, to settle once the real usage is known
+    reserved_tokens: int = 0
+    leases: list[Lease] = field(default_factory=list)
 
     def log_fields(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import ratelimit
 from gateway.accounting import CLIENT_CLOSED_REQUEST
 from gateway.errors import InternalError
 from gateway.exchange import Exchange
@@ -27,6 +28,20 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> bytes:
         if name == b"x-request-id" and _CLIENT_REQUEST_ID.fullmatch(value):
             return value
     return os.urandom(16).hex().encode()
+
+
+def with_limit_headers(
+    headers: list[tuple[bytes, bytes]], ours: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The gateway's rate-limit headers added; an upstream's headers of the same names are kept, renamed
+    `x-upstream-ratelimit-*`, so that each name has one meaning: the limit this client is held to here."""
+    names = {name for name, _ in ours}
+    kept = [
+        (b"x-upstream-" + name[2:], value) if name in names and name.startswith(b"x-ratelimit-") else (name, value)
+        for name, value in headers
+        if not (name in names and not name.startswith(b"x-ratelimit-"))
+    ]
+    return kept + ours
 
 
 class RequestContextMiddleware:
@@ -50,7 +65,10 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                if exchange.ratelimit is not None:
+                    headers = with_limit_headers(headers, ratelimit.headers(exchange.ratelimit))
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -14,6 +14,7 @@ from gateway import payload, usage
 from gateway.auth import Authenticator, authorize
 from gateway.errors import ModelNotFound, PayloadTooLarge, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
+from gateway.guard import Guard
 from gateway.payload import Endpoint
 from gateway.relay import StreamRelay
 from gateway.routing import RoutingTable
@@ -30,11 +31,13 @@ class Proxy:
         routes: Callable[[], RoutingTable],
         upstreams: Callable[[str], Upstream],
         authenticator: Authenticator,
+        guard: Guard,
         max_body_bytes: int,
     ) -> None:
         self._routes = routes
         self._upstream_for = upstreams
         self._auth = authenticator
+        self._guard = guard
         self._max_body_bytes = max_body_bytes
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
@@ -50,6 +53,9 @@ class Proxy:
         exchange.agent = agent.name
         authorize(key, model, agent.name)
         upstream_body = payload.prepare(endpoint, body, agent)
+        await self._guard.admit(
+            exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope
+        )
         hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
         upstream_request = UpstreamRequest(
             agent=agent,

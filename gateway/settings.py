@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_ADMIN_KEY_LENGTH = 12
 
@@ -41,6 +41,30 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
     drain_timeout: float = Field(default=30.0, ge=0)
+    rate_limit_storage: Literal["memory", "redis"] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GATEWAY_RATE_LIMIT_STORAGE", "RATE_LIMIT_STORAGE"),
+        description="Where buckets live; default: the same as GATEWAY_STORE.",
+    )
+    rate_limit_requests_per_minute: int | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices("GATEWAY_RATE_LIMIT_REQUESTS_PER_MINUTE", "RATE_LIMIT_REQUESTS_PER_MINUTE"),
+        description="Requests per minute for keys without their own rpm, and per address in auth mode none.",
+    )
+    rate_limit_failure: Literal["open", "closed"] = Field(
+        default="open", description="Redis unreachable: open = in-process buckets meanwhile, closed = 503."
+    )
+    queue_timeout: float = Field(default=5.0, ge=0, description="Seconds to wait for a concurrency slot.")
+    default_max_tokens: int = Field(default=1024, gt=0, description="Output tokens reserved when nothing says.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Peers whose X-Forwarded-For is believed (comma-separated)."
+    )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("admin_key", mode="before")
     @classmethod

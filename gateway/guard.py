@@ -1,0 +1,147 @@
+"""Admission: the size, concurrency, rate and quota limits a request must pass, and the settling after it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import usage
+from gateway.agents import Agent
+from gateway.concurrency import Slots
+from gateway.errors import BadRequest, QuotaExceeded, RateLimited
+from gateway.exchange import Exchange
+from gateway.keys import KeyRecord
+from gateway.limiter import Limiter
+from gateway.payload import Endpoint
+from gateway.policy import Defaults, charge_for, client_address
+
+logger = logging.getLogger("gateway.guard")
+
+# Where the requested output limit lives, per endpoint, after the agent's defaults were applied.
+_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+class Guard:
+    """Lets a request through every limit that applies to it, or refuses it with the limit's own answer."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        defaults: Defaults,
+        queue_timeout: float,
+        default_max_tokens: int,
+        trusted_proxies: Sequence[str],
+    ) -> None:
+        self.limiter = limiter
+        self._defaults = defaults
+        self._queue_timeout = queue_timeout
+        self._default_max_tokens = default_max_tokens
+        self._trusted = tuple(trusted_proxies)
+        self._slots = Slots()
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def admit(
+        self,
+        exchange: Exchange,
+        *,
+        key: KeyRecord | None,
+        agent: Agent,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        scope: Mapping[str, Any],
+    ) -> None:
+        """Check and take; on success the exchange holds what `finish` must give back or settle."""
+        output = self._output_limit(agent, endpoint, body)
+        prompt = usage.estimate_prompt_tokens(body)
+        tokens = prompt + output
+        await self._hold_slots(exchange, key, agent)
+        client = None if key is not None else client_address(scope, self._trusted)
+        now = datetime.now(UTC)
+        charge = charge_for(
+            key, agent, client=client, tokens=tokens, prompt_tokens=prompt, now=now, defaults=self._defaults
+        )
+        if not charge.buckets and not charge.quotas:
+            return
+        decision = await self.limiter.take(charge)
+        exchange.ratelimit = decision
+        if not decision.allowed:
+            if decision.quota is not None:
+                resets = datetime.fromtimestamp(decision.quota.resets_at, UTC).isoformat().replace("+00:00", "Z")
+                raise QuotaExceeded(
+                    f"This key has used its {decision.quota.label} quota ({decision.quota.limit} tokens); "
+                    f"it resets at {resets}."
+                )
+            raise RateLimited(f"Rate limit reached for {decision.refused_by}; retry in {decision.retry_after:.2f}s.")
+        exchange.charge = charge
+        exchange.reserved_tokens = tokens
+
+    def _output_limit(self, agent: Agent, endpoint: Endpoint, body: dict[str, Any]) -> int:
+        """The output tokens to reserve: the request's own limit, else the gateway's default; checked (or clamped)
+        against the agent's `max_tokens_per_request`."""
+        if endpoint is Endpoint.EMBEDDINGS:
+            return 0
+        field = next((f for f in _OUTPUT_FIELDS if isinstance(body.get(f), int)), None)
+        requested: int = body[field] if field is not None else self._default_max_tokens
+        ceiling = agent.spec.limits.max_tokens_per_request
+        if ceiling is not None and field is not None and requested > ceiling:
+            if agent.spec.limits.over_max_tokens == "clamp":
+                body[field] = ceiling
+                return ceiling
+            raise BadRequest(
+                f"`{field}` is {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request.",
+                param=field,
+            )
+        return min(requested, ceiling) if ceiling is not None else requested
+
+    async def _hold_slots(self, exchange: Exchange, key: KeyRecord | None, agent: Agent) -> None:
+        wanted = []
+        if key is not None and key.limits.max_concurrent:
+            wanted.append((f"key:{key.id}", key.limits.max_concurrent, "concurrent requests of this key"))
+        if agent.spec.limits.max_concurrent_requests:
+            wanted.append((f"agent:{agent.name}", agent.spec.limits.max_concurrent_requests,
+                           f"concurrent requests of `{agent.name}`"))  # fmt: skip
+        for name, limit, label in wanted:
+            lease = await self._slots.acquire(name, limit, self._queue_timeout)
+            if lease is None:
+                raise RateLimited(
+                    f"Too many {label} (at most {limit}); none finished within {self._queue_timeout:g}s.",
+                    retry_after=1.0,
+                )
+            exchange.leases.append(lease)
+
+    def finish(self, exchange: Exchange) -> None:
+        """After the last byte: give back the slots, and settle the token charge against the real usage."""
+        for lease in exchange.leases:
+            lease.release()
+        exchange.leases.clear()
+        charge = exchange.charge
+        if charge is None or (not any(b.kind == "tokens" for b in charge.buckets) and not charge.quotas):
+            return
+        delta = _settlement(exchange)
+        if delta:
+            task = asyncio.get_running_loop().create_task(self.limiter.settle(charge, delta))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.limiter.close()
+
+
+def _settlement(exchange: Exchange) -> int:
+    """Tokens to charge (> 0) or refund (< 0) once the request is over."""
+    reserved = exchange.reserved_tokens
+    if exchange.prompt_tokens is not None and not exchange.usage_estimated:
+        return exchange.prompt_tokens + (exchange.completion_tokens or 0) - reserved
+    if exchange.stream in ("client_disconnected", "upstream_error"):
+        # Cut short without the upstream's count: keep the reservation, never refund what may have been used.
+        used = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
+        return max(0, used - reserved)
+    if exchange.status >= 400 and exchange.stream is None:
+        return -reserved  # refused or failed before generating: nothing was used
+    return 0

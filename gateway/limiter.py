@@ -1,0 +1,65 @@
+"""Where rate-limit state lives: the `Limiter` protocol and the in-process one (Redis: `limiter_redis.py`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from gateway import ratelimit
+from gateway.ratelimit import Charge, Decision, Level
+
+logger = logging.getLogger("gateway.limiter")
+
+FailureMode = Literal["open", "closed"]
+
+
+class Limiter(Protocol):
+    name: str
+
+    async def take(self, charge: Charge) -> Decision: ...
+
+    async def settle(self, charge: Charge, delta: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryLimiter:
+    """Buckets and quota counters in this process: exact for one process."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._levels: dict[str, Level] = {}
+        self._used: dict[str, tuple[int, float]] = {}  # quota id -> (tokens used, when the period ends)
+
+    async def take(self, charge: Charge) -> Decision:
+        now = self._clock()
+        levels = [self._levels.get(b.id) for b in charge.buckets]
+        used = [self._quota(q.id, now) for q in charge.quotas]
+        decision, new_levels, new_used = ratelimit.take(charge, levels, used, now)
+        if decision.allowed:
+            for bucket, level in zip(charge.buckets, new_levels, strict=True):
+                self._levels[bucket.id] = level
+            for quota, count in zip(charge.quotas, new_used, strict=True):
+                self._used[quota.id] = (count, quota.resets_at)
+        return decision
+
+    def _quota(self, quota_id: str, now: float) -> int:
+        entry = self._used.get(quota_id)
+        return entry[0] if entry is not None and entry[1] > now else 0
+
+    async def settle(self, charge: Charge, delta: int) -> None:
+        now = self._clock()
+        for bucket in charge.buckets:
+            if bucket.kind == "tokens":
+                self._levels[bucket.id] = ratelimit.settle(self._levels.get(bucket.id), bucket, delta, now)
+        for quota in charge.quotas:
+            self._used[quota.id] = (max(0, self._quota(quota.id, now) + delta), quota.resets_at)
+        if len(self._used) > 10_000:  # periods that ended
+            self._used = {k: v for k, v in self._used.items() if v[1] > now}
+
+    async def close(self) -> None:
+        return None
