@@ -1,0 +1,131 @@
+"""The limiters: in process with a fake clock, and the Lua script against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.limiter import MemoryLimiter
+from gateway.limiter_redis import RedisLimiter
+from gateway.ratelimit import Bucket, Charge, Quota
+from tests.support.redis import RedisServer, start_redis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def bucket(kind: str = "requests", per_minute: float = 60, capacity: float = 5) -> Bucket:
+    return Bucket(f"t:{uuid.uuid4().hex}:{kind}", kind, per_minute, capacity, f"{kind} bucket")  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_limiter_refills_with_its_clock() -> None:
+    clock = Clock()
+    limiter = MemoryLimiter(clock)
+    requests = bucket(capacity=2)
+    one = Charge((requests,), (), 1, 0)
+    assert [(await limiter.take(one)).allowed for _ in range(3)] == [True, True, False]
+    clock.now += 1.0
+    assert (await limiter.take(one)).allowed
+
+
+async def test_memory_settlement_moves_the_token_bucket_and_the_quota() -> None:
+    clock = Clock()
+    limiter = MemoryLimiter(clock)
+    tokens = bucket("tokens", per_minute=60, capacity=100)
+    quota = Quota(f"q:{uuid.uuid4().hex}", 1000, resets_at=clock.now + 3600, label="tokens per day")
+    charge = Charge((tokens,), (quota,), 1, 80, 10)
+    assert (await limiter.take(charge)).allowed
+    await limiter.settle(charge, -70)  # real usage 10
+    decision = await limiter.take(Charge((tokens,), (quota,), 1, 90, 10))
+    assert decision.allowed
+    assert decision.states[0].remaining == pytest.approx(0)
+
+
+async def test_redis_takes_are_exact_under_concurrent_callers(redis_url: str) -> None:
+    limiters = [RedisLimiter(redis_url, "closed") for _ in range(4)]
+    requests = bucket(per_minute=0.001, capacity=20)  # no refill to speak of during the test
+    charge = Charge((requests,), (), 1, 0)
+    try:
+        decisions = await asyncio.gather(*(limiters[i % 4].take(charge) for i in range(100)))
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+    assert sum(d.allowed for d in decisions) == 20
+    refused = [d for d in decisions if not d.allowed]
+    assert all(d.retry_after > 0 for d in refused)
+
+
+async def test_redis_takes_all_buckets_or_none_and_settles(redis_url: str) -> None:
+    limiter = RedisLimiter(redis_url, "closed")
+    requests, tokens = bucket(capacity=10), bucket("tokens", per_minute=6, capacity=100)
+    try:
+        assert (await limiter.take(Charge((requests, tokens), (), 1, 90))).allowed
+        refused = await limiter.take(Charge((requests, tokens), (), 1, 90))
+        assert not refused.allowed
+        assert refused.refused_by == "tokens bucket"
+        assert refused.states[0].remaining == pytest.approx(9, abs=0.1)  # requests untouched by the refusal
+        await limiter.settle(Charge((requests, tokens), (), 1, 90), -80)
+        assert (await limiter.take(Charge((requests, tokens), (), 1, 90))).allowed
+    finally:
+        await limiter.close()
+
+
+async def test_redis_quota_refuses_once_exhausted(redis_url: str) -> None:
+    limiter = RedisLimiter(redis_url, "closed")
+    quota = Quota(f"q:{uuid.uuid4().hex}", 100, resets_at=4_000_000_000, label="tokens per day")
+    try:
+        assert (await limiter.take(Charge((), (quota,), 1, 100, 5))).allowed
+        refused = await limiter.take(Charge((), (quota,), 1, 1, 1))
+        assert not refused.allowed
+        assert refused.quota == quota
+        await limiter.settle(Charge((), (quota,), 1, 100, 5), -60)  # it used 40
+        assert (await limiter.take(Charge((), (quota,), 1, 50, 5))).allowed
+    finally:
+        await limiter.close()
+
+
+async def test_redis_away_fails_open_to_local_buckets_and_comes_back(tmp_path: Path) -> None:
+    server = start_redis(tmp_path)
+    limiter = RedisLimiter(server.url, "open")
+    requests = bucket(per_minute=0.001, capacity=3)
+    charge = Charge((requests,), (), 1, 0)
+    try:
+        assert (await limiter.take(charge)).allowed  # in Redis: 2 left there
+        server.stop()
+        local = [(await limiter.take(charge)).allowed for _ in range(4)]
+        assert local == [True, True, True, False]  # a full local bucket of 3 meanwhile
+        assert limiter.degraded
+        server.start()
+        await asyncio.sleep(1.1)  # the limiter tries Redis again after a second
+        assert (await limiter.take(charge)).allowed  # the fresh (empty) Redis: a full bucket
+        assert not limiter.degraded
+    finally:
+        await limiter.close()
+        server.stop()
+
+
+async def test_redis_away_fails_closed_with_503(tmp_path: Path) -> None:
+    server: RedisServer = start_redis(tmp_path)
+    limiter = RedisLimiter(server.url, "closed")
+    server.stop()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await limiter.take(Charge((bucket(),), (), 1, 0))
+    finally:
+        await limiter.close()
