@@ -1,0 +1,175 @@
+"""Limits end to end: a real gateway with keys, the OpenAI SDK and raw HTTP reading the headers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import UPSTREAM_KEY
+from tests.support.processes import Process, start_gateway
+from tests.test_keys import ADMIN_KEY, Admin, sdk
+from tests.test_proxy import behave
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+CONFIG = """\
+agents:
+  - name: test-chat
+    llm: {{provider: openai-compatible, model: up, base_url: "{upstream}/v1", api_key_env: TEST_UPSTREAM_KEY}}
+  - name: small-answers
+    llm: {{provider: openai-compatible, model: up, base_url: "{upstream}/v1", api_key_env: TEST_UPSTREAM_KEY}}
+    limits: {{max_tokens_per_request: 100, max_concurrent_requests: 1}}
+  - name: clamped
+    llm: {{provider: mock}}
+    limits: {{max_tokens_per_request: 5, over_max_tokens: clamp}}
+"""
+
+
+@pytest.fixture(scope="module")
+def limited(upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    directory = tmp_path_factory.mktemp("limited")
+    config = directory / "agents.yaml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    env = {
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        "TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+        "GATEWAY_STATE_DIR": str(directory / "state"),
+        "GATEWAY_QUEUE_TIMEOUT": "0.3",
+    }
+    process = start_gateway(config, directory, env)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def admin(limited: Process) -> Iterator[Admin]:
+    operator = Admin(limited)
+    yield operator
+    operator.http.close()
+
+
+def chat(gateway: Process, secret: str, **body: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {secret}", **body.pop("headers", {})}
+    payload = {"model": "test-chat", "messages": MESSAGES, **body}
+    return httpx.post(gateway.url + "/v1/chat/completions", json=payload, headers=headers, timeout=10)
+
+
+def test_remaining_requests_go_down_then_429_with_retry_after(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"rpm": 60, "rpm_burst": 3})
+    answers = [chat(limited, key["secret"]) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0", "0"]
+    assert all(a.headers["x-ratelimit-limit-requests"] == "60" for a in answers)
+    refused = answers[-1]
+    assert refused.headers["retry-after"] == "1"
+    assert 0 < int(refused.headers["retry-after-ms"]) <= 1000
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert "requests per minute of this key" in error["message"]
+    assert "x-ratelimit-limit-tokens" not in refused.headers  # this key has no token limit
+
+
+def test_the_sdks_own_retry_gets_through_after_retry_after(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"rpm": 60, "rpm_burst": 1})
+    assert chat(limited, key["secret"]).status_code == 200
+    with openai.OpenAI(base_url=limited.url + "/v1", api_key=key["secret"]) as client:  # default retries
+        raw = client.chat.completions.with_raw_response.create(model="test-chat", messages=MESSAGES)
+    assert raw.status_code == 200
+    assert raw.retries_taken >= 1
+
+
+def test_token_reservations_are_settled_against_real_usage(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"tpm": 60, "tpm_burst": 200})  # one token a second: refills barely move
+    first = chat(limited, key["secret"], max_tokens=150)
+    assert first.status_code == 200
+    reserved_left = int(first.headers["x-ratelimit-remaining-tokens"])
+    assert reserved_left < 50  # about 150 + the prompt were reserved
+    # The upstream reports 12 tokens: the rest is refunded after the response, so a second such request fits.
+    deadline = time.monotonic() + 5
+    second = chat(limited, key["secret"], max_tokens=150)
+    while second.status_code == 429 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        second = chat(limited, key["secret"], max_tokens=150)
+    assert second.status_code == 200
+    assert int(second.headers["x-ratelimit-limit-tokens"]) == 60
+
+
+def test_daily_quota_runs_out_with_insufficient_quota(limited: Process, admin: Admin) -> None:
+    key = admin.create(quotas={"tokens_per_day": 20})
+    assert chat(limited, key["secret"], max_tokens=5).status_code == 200  # real usage 12
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        answer = chat(limited, key["secret"], max_tokens=5)
+        if answer.status_code == 429:
+            break
+        time.sleep(0.05)
+    assert answer.status_code == 429
+    error = answer.json()["error"]
+    assert error["code"] == "insufficient_quota"
+    assert "resets at" in error["message"]
+    assert "T00:00:00Z" in error["message"]
+    with sdk(limited, key["secret"]) as client, pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="test-chat", messages=MESSAGES)
+    assert caught.value.code == "insufficient_quota"
+
+
+def test_concurrency_slot_is_held_for_a_stream_and_released_on_disconnect(
+    limited: Process, upstream: Process, admin: Admin
+) -> None:
+    key = admin.create(limits={"max_concurrent": 1})
+    headers = {**behave(chunks=3, hold_after=1), "authorization": f"Bearer {key['secret']}"}
+    body = {"model": "test-chat", "stream": True, "messages": MESSAGES}
+    with httpx.stream("POST", limited.url + "/v1/chat/completions", json=body, headers=headers) as stream:
+        chunks = stream.iter_raw()
+        assert next(chunks).startswith(b"data: ")
+        busy = chat(limited, key["secret"])
+        assert busy.status_code == 429
+        assert "concurrent requests of this key" in busy.json()["error"]["message"]
+        assert busy.headers["retry-after"] == "1"
+    httpx.post(f"{upstream.url}/_release/{headers['x-request-id']}")
+    deadline = time.monotonic() + 5
+    answer = chat(limited, key["secret"])
+    while answer.status_code == 429 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        answer = chat(limited, key["secret"])
+    assert answer.status_code == 200
+
+
+def test_concurrency_slot_is_released_on_upstream_errors(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"max_concurrent": 1})
+    failing = {"x-test-behaviour": json.dumps({"status": 500})}
+    assert [chat(limited, key["secret"], headers=failing).status_code for _ in range(3)] == [500, 500, 500]
+    assert chat(limited, key["secret"]).status_code == 200
+
+
+def test_agent_limits_on_output_size_reject_or_clamp(limited: Process, admin: Admin) -> None:
+    key = admin.create()
+    too_big = chat(limited, key["secret"], model="small-answers", max_tokens=500)
+    assert too_big.status_code == 400
+    assert too_big.json()["error"]["param"] == "max_tokens"
+    assert "at most 100" in too_big.json()["error"]["message"]
+    clamped = chat(limited, key["secret"], model="clamped", max_tokens=50).json()
+    assert clamped["choices"][0]["finish_reason"] == "length"
+    assert clamped["usage"]["completion_tokens"] == 5
+
+
+def test_upstream_429_passes_through_and_its_headers_are_kept_apart(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"rpm": 100})
+    upstream_says = {"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
+    answer = chat(limited, key["secret"], headers=behave(status=429, headers=upstream_says))
+    assert answer.status_code == 429
+    assert answer.headers["retry-after"] == "7"
+    assert answer.headers["x-upstream-ratelimit-remaining-requests"] == "0"
+    assert answer.headers["x-ratelimit-remaining-requests"] == "99"  # the gateway's own bucket for this key
+
+
+def test_requests_without_any_limit_carry_no_invented_headers(limited: Process, admin: Admin) -> None:
+    key = admin.create()
+    answer = chat(limited, key["secret"])
+    assert answer.status_code == 200
+    assert not any(name.startswith("x-ratelimit-") for name in answer.headers)
