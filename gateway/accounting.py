@@ -24,6 +24,7 @@ def usage_event(exchange: Exchange) -> UsageEvent | None:
         return None
     cancelled = exchange.stream == "client_disconnected" or exchange.status == CLIENT_CLOSED_REQUEST
     failed = not cancelled and (exchange.status >= 400 or exchange.stream == "upstream_error")
+    limited = exchange.limited
     return UsageEvent(
         key_id=exchange.key_id or ANONYMOUS,
         agent=exchange.agent or ANONYMOUS,
@@ -32,6 +33,12 @@ def usage_event(exchange: Exchange) -> UsageEvent | None:
         completion_tokens=exchange.completion_tokens or 0,
         errors=int(failed),
         cancelled=int(cancelled),
+        limited_rate=int(limited == "rate"),
+        limited_quota=int(limited == "quota"),
+        limited_concurrency=int(limited == "concurrency"),
+        limited_cooldown=int(limited == "cooldown"),
+        queued=int(exchange.queued),
+        upstream_limited=int(exchange.upstream_status == 429),
     )
 
 

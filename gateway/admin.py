@@ -94,8 +94,8 @@ class AdminAPI:
             created_at=utcnow(),
             expires_at=body.expires_at,
             models=tuple(body.models),
-            limits=Limits(**body.limits.model_dump()),
-            quotas=Quotas(**body.quotas.model_dump()),
+            limits=Limits(**body.limits.model_dump(exclude_none=True)),
+            quotas=Quotas(**body.quotas.model_dump(exclude_none=True)),
             metadata=body.metadata,
         )
         await self._store.create_key(record)

@@ -20,6 +20,11 @@ class LimitsBody(Body):
     tpm: int | None = Field(default=None, gt=0, description="LLM tokens per minute.")
     tpm_burst: int | None = Field(default=None, gt=0, description="Token bucket size (default: tpm).")
     max_concurrent: int | None = Field(default=None, gt=0, description="Requests in flight at once.")
+    cooldown_after: int | None = Field(
+        default=None, gt=0, description="After this many refusals within cooldown_window, refuse all for a while."
+    )
+    cooldown_window: float | None = Field(default=None, gt=0, le=86400, description="Seconds (default 60).")
+    cooldown_seconds: float | None = Field(default=None, gt=0, le=86400, description="Seconds (default 60).")
 
 
 class QuotasBody(Body):
@@ -84,8 +89,14 @@ class Counters(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    errors: int
-    cancelled: int
+    errors: int = Field(description="Answers with status >= 400, the gateway's refusals and the provider's.")
+    cancelled: int = Field(description="Requests the client left before the end.")
+    limited_rate: int = Field(description="Refused by a requests or tokens bucket (429).")
+    limited_quota: int = Field(description="Refused by a daily or monthly quota (429 insufficient_quota).")
+    limited_concurrency: int = Field(description="Refused for lack of a concurrency slot (429).")
+    limited_cooldown: int = Field(description="Refused during a key's cooldown (429).")
+    queued: int = Field(description="Waited for a concurrency slot.")
+    upstream_limited: int = Field(description="The provider answered 429 (passed through, counted apart).")
 
 
 class DayCounters(Counters):

@@ -27,6 +27,11 @@ class Slots:
     def __init__(self) -> None:
         self._semaphores: dict[tuple[str, int], asyncio.Semaphore] = {}
 
+    def busy(self, name: str, limit: int) -> bool:
+        """Whether a request for this slot would have to wait."""
+        semaphore = self._semaphores.get((name, limit))
+        return semaphore is not None and semaphore.locked()
+
     async def acquire(self, name: str, limit: int, wait: float) -> Lease | None:
         """A lease, waiting up to `wait` seconds for a slot; None when none came free in time."""
         semaphore = self._semaphores.get((name, limit))

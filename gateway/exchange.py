@@ -31,6 +31,8 @@ class Exchange:
     charge: Charge | None = None  # what was taken, to settle once the real usage is known
     reserved_tokens: int = 0
     leases: list[Lease] = field(default_factory=list)
+    limited: str | None = None  # the kind of gateway limit that refused it: rate, quota, concurrency, cooldown
+    queued: bool = False  # it waited for a concurrency slot
 
     def log_fields(self) -> dict[str, Any]:
         return {

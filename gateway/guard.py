@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from gateway.policy import Defaults, charge_for, client_address
 
 logger = logging.getLogger("gateway.guard")
 
+DEFAULT_COOLDOWN = 60.0
 # Where the requested output limit lives, per endpoint, after the agent's defaults were applied.
 _OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -43,6 +45,9 @@ class Guard:
         self._trusted = tuple(trusted_proxies)
         self._slots = Slots()
         self._settling: set[asyncio.Task[None]] = set()
+        # Cooldowns are per process: refusals seen here, and until when a key is refused outright.
+        self._refusals: dict[str, list[float]] = {}
+        self._cooling: dict[str, float] = {}
 
     async def admit(
         self,
@@ -55,6 +60,7 @@ class Guard:
         scope: Mapping[str, Any],
     ) -> None:
         """Check and take; on success the exchange holds what `finish` must give back or settle."""
+        self._check_cooldown(exchange, key)
         output = self._output_limit(agent, endpoint, body)
         prompt = usage.estimate_prompt_tokens(body)
         tokens = prompt + output
@@ -69,6 +75,8 @@ class Guard:
         decision = await self.limiter.take(charge)
         exchange.ratelimit = decision
         if not decision.allowed:
+            exchange.limited = "quota" if decision.quota is not None else "rate"
+            self._note_refusal(key)
             if decision.quota is not None:
                 resets = datetime.fromtimestamp(decision.quota.resets_at, UTC).isoformat().replace("+00:00", "Z")
                 raise QuotaExceeded(
@@ -105,13 +113,42 @@ class Guard:
             wanted.append((f"agent:{agent.name}", agent.spec.limits.max_concurrent_requests,
                            f"concurrent requests of `{agent.name}`"))  # fmt: skip
         for name, limit, label in wanted:
+            exchange.queued = exchange.queued or self._slots.busy(name, limit)
             lease = await self._slots.acquire(name, limit, self._queue_timeout)
             if lease is None:
+                exchange.limited = "concurrency"
+                self._note_refusal(key)
                 raise RateLimited(
                     f"Too many {label} (at most {limit}); none finished within {self._queue_timeout:g}s.",
                     retry_after=1.0,
                 )
             exchange.leases.append(lease)
+
+    def _check_cooldown(self, exchange: Exchange, key: KeyRecord | None) -> None:
+        if key is None or not key.limits.cooldown_after:
+            return
+        until = self._cooling.get(key.id, 0.0)
+        now = time.monotonic()
+        if now < until:
+            exchange.limited = "cooldown"
+            raise RateLimited(
+                f"This key is cooling down after {key.limits.cooldown_after} refusals; retry in {until - now:.1f}s.",
+                retry_after=until - now,
+            )
+
+    def _note_refusal(self, key: KeyRecord | None) -> None:
+        """Count a refusal towards the key's cooldown, and start one when there were too many in the window."""
+        if key is None or not key.limits.cooldown_after:
+            return
+        now = time.monotonic()
+        window = key.limits.cooldown_window or DEFAULT_COOLDOWN
+        recent = [t for t in self._refusals.get(key.id, []) if now - t < window]
+        recent.append(now)
+        if len(recent) >= key.limits.cooldown_after:
+            self._cooling[key.id] = now + (key.limits.cooldown_seconds or DEFAULT_COOLDOWN)
+            recent = []
+            logger.info("key %s cools down after %d refusals", key.id, key.limits.cooldown_after)
+        self._refusals[key.id] = recent
 
     def finish(self, exchange: Exchange) -> None:
         """After the last byte: give back the slots, and settle the token charge against the real usage."""

@@ -44,6 +44,9 @@ class Limits:
     tpm: int | None = None
     tpm_burst: int | None = None
     max_concurrent: int | None = None
+    cooldown_after: int | None = None  # refusals within cooldown_window seconds that start a cooldown
+    cooldown_window: float | None = None  # seconds; None: 60
+    cooldown_seconds: float | None = None  # seconds; None: 60
 
 
 @dataclass(frozen=True, slots=True)

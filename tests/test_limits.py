@@ -173,3 +173,23 @@ def test_requests_without_any_limit_carry_no_invented_headers(limited: Process, 
     answer = chat(limited, key["secret"])
     assert answer.status_code == 200
     assert not any(name.startswith("x-ratelimit-") for name in answer.headers)
+
+
+def test_a_retry_storm_earns_a_cooldown_and_statistics_say_why(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"rpm": 60, "rpm_burst": 1, "cooldown_after": 3, "cooldown_seconds": 30})
+    codes = [chat(limited, key["secret"]).status_code for _ in range(4)]
+    assert codes == [200, 429, 429, 429]
+    time.sleep(1.1)  # the request bucket has refilled, but the key is cooling down
+    cooling = chat(limited, key["secret"])
+    assert cooling.status_code == 429
+    assert "cooling down after 3 refusals" in cooling.json()["error"]["message"]
+    assert int(cooling.headers["retry-after"]) > 20
+    usage = admin.usage(key["id"], requests=5)["totals"]
+    assert (usage["limited_rate"], usage["limited_cooldown"], usage["upstream_limited"]) == (3, 1, 0)
+
+
+def test_statistics_count_the_providers_429s_apart(limited: Process, admin: Admin) -> None:
+    key = admin.create()
+    assert chat(limited, key["secret"], headers=behave(status=429)).status_code == 429
+    usage = admin.usage(key["id"], requests=1)["totals"]
+    assert (usage["upstream_limited"], usage["limited_rate"]) == (1, 0)

@@ -9,8 +9,12 @@ from typing import Protocol
 
 from gateway.keys import KeyRecord
 
-# Counter names kept per key, period and agent.
-COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cancelled")
+# Counter names kept per key, period and agent. `limited_*` count the gateway's own refusals by the kind of
+# limit; `upstream_limited` the provider's 429s, kept apart; `queued` requests that waited for a slot.
+COUNTERS = (
+    "requests", "prompt_tokens", "completion_tokens", "errors", "cancelled",
+    "limited_rate", "limited_quota", "limited_concurrency", "limited_cooldown", "queued", "upstream_limited",
+)  # fmt: skip
 # Usage by a request with no key (auth mode `none`) is counted under this key id.
 ANONYMOUS = "-"
 
@@ -31,6 +35,12 @@ class UsageEvent:
     completion_tokens: int = 0
     errors: int = 0
     cancelled: int = 0
+    limited_rate: int = 0
+    limited_quota: int = 0
+    limited_concurrency: int = 0
+    limited_cooldown: int = 0
+    queued: int = 0
+    upstream_limited: int = 0
 
     def counts(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTERS}
@@ -48,6 +58,12 @@ class UsageRow:
     completion_tokens: int = 0
     errors: int = 0
     cancelled: int = 0
+    limited_rate: int = 0
+    limited_quota: int = 0
+    limited_concurrency: int = 0
+    limited_cooldown: int = 0
+    queued: int = 0
+    upstream_limited: int = 0
 
 
 def periods(day: date) -> tuple[str, str]:

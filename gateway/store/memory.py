@@ -19,28 +19,23 @@ from typing import IO, TypeVar
 from gateway.keys import KeyRecord
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 
-assert ", ".join(COUNTERS) == "requests, prompt_tokens, completion_tokens, errors, cancelled"
-
 T = TypeVar("T")
 
-_SCHEMA = """
+# Column names come from the COUNTERS constant, never from input.
+_COLUMNS = ", ".join(COUNTERS)
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL, period TEXT NOT NULL, agent TEXT NOT NULL,
-    requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COUNTERS)},
     PRIMARY KEY (key_id, period, agent)
 );
 """
-_UPSERT_USAGE = """
-INSERT INTO usage (key_id, period, agent, requests, prompt_tokens, completion_tokens, errors, cancelled)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (key_id, period, agent) DO UPDATE SET
-    requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens, errors = errors + excluded.errors,
-    cancelled = cancelled + excluded.cancelled
-"""
+_UPSERT_USAGE = f"""
+INSERT INTO usage (key_id, period, agent, {_COLUMNS}) VALUES (?, ?, ?, {", ".join("?" * len(COUNTERS))})
+ON CONFLICT (key_id, period, agent) DO UPDATE SET {", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)}
+"""  # noqa: S608
+_SELECT_USAGE = f"SELECT key_id, period, agent, {_COLUMNS} FROM usage"  # noqa: S608
 
 
 class StateDirInUse(Exception):
@@ -80,12 +75,15 @@ class MemoryStore:
         self._db = sqlite3.connect(self._dir / "gateway.sqlite3", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        # A state directory from an older release: add the counters it does not have yet.
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
+        for column in COUNTERS:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         for (data,) in self._db.execute("SELECT data FROM keys"):
             record = KeyRecord.from_json(json.loads(data))
             self._index(record)
-        for key_id, period, agent, *counts in self._db.execute(
-            "SELECT key_id, period, agent, requests, prompt_tokens, completion_tokens, errors, cancelled FROM usage"
-        ):
+        for key_id, period, agent, *counts in self._db.execute(_SELECT_USAGE):
             self._usage[(key_id, period, agent)] = list(counts)
 
     async def close(self) -> None:
