@@ -129,3 +129,23 @@ async def test_redis_away_fails_closed_with_503(tmp_path: Path) -> None:
             await limiter.take(Charge((bucket(),), (), 1, 0))
     finally:
         await limiter.close()
+
+
+async def test_quotas_roll_over_with_the_calendar() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.agents import AgentSpec, compile_agent
+    from gateway.keys import KeyRecord, Quotas, utcnow
+    from gateway.policy import Defaults, charge_for
+
+    agent = compile_agent(AgentSpec.model_validate({"name": "a", "llm": {"provider": "mock"}}), {})
+    key = KeyRecord("key_q", "k", "p", "h", utcnow(), quotas=Quotas(tokens_per_day=100))
+    limiter = MemoryLimiter(Clock())
+
+    def charge(now: datetime) -> Charge:
+        return charge_for(key, agent, client=None, tokens=100, prompt_tokens=5, now=now, defaults=Defaults())
+
+    evening = datetime(2026, 11, 22, 23, 59, tzinfo=UTC)
+    assert (await limiter.take(charge(evening))).allowed
+    assert not (await limiter.take(charge(evening))).allowed
+    assert (await limiter.take(charge(datetime(2026, 11, 23, 0, 1, tzinfo=UTC)))).allowed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_KEY
 from tests.support.processes import Process, start_gateway
+from tests.support.redis import RedisServer
 from tests.test_keys import ADMIN_KEY, Admin, sdk
 from tests.test_proxy import behave
 
@@ -193,3 +195,42 @@ def test_statistics_count_the_providers_429s_apart(limited: Process, admin: Admi
     assert chat(limited, key["secret"], headers=behave(status=429)).status_code == 429
     usage = admin.usage(key["id"], requests=1)["totals"]
     assert (usage["upstream_limited"], usage["limited_rate"]) == (1, 0)
+
+
+@pytest.mark.parametrize(("failure", "expected"), [("open", 200), ("closed", 503)])
+def test_redis_killed_mid_run(
+    upstream: Process, redis_server: RedisServer, tmp_path: Path, failure: str, expected: int
+) -> None:
+    redis_server.start()
+    config = tmp_path / "agents.yaml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    env = {
+        "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+        "TEST_UPSTREAM_KEY": UPSTREAM_KEY,
+        "GATEWAY_STATE_DIR": str(tmp_path / "state"),
+        "RATE_LIMIT_STORAGE": "redis",
+        "REDIS_URL": redis_server.url,
+        "GATEWAY_RATE_LIMIT_FAILURE": failure,
+    }
+    gateway = start_gateway(config, tmp_path, env)
+    operator = Admin(gateway)
+    try:
+        key = operator.create(limits={"rpm": 600})
+        assert chat(gateway, key["secret"]).status_code == 200
+        redis_server.stop()
+        during = chat(gateway, key["secret"])
+        assert during.status_code == expected
+        if expected == 503:
+            assert during.json()["error"]["code"] == "store_unavailable"
+        redis_server.start()
+        deadline = time.monotonic() + 5
+        after = chat(gateway, key["secret"])
+        while after.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = chat(gateway, key["secret"])
+        assert after.status_code == 200
+        assert "Traceback" not in gateway.log()
+    finally:
+        operator.http.close()
+        gateway.stop()
+        redis_server.start()
