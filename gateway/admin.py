@@ -45,8 +45,10 @@ class AdminAPI:
         reload: Callable[[], RoutingTable],
         keys_changed: Callable[[], None],
         *,
+        usage_reset: Callable[[KeyRecord], Awaitable[None]],
         max_body_bytes: int,
     ) -> None:
+        self._usage_reset = usage_reset
         self._admin_key = admin_key.encode()
         self._max_body_bytes = max_body_bytes
         self._store = store
@@ -203,6 +205,7 @@ class AdminAPI:
     async def reset_usage(self, request: Request) -> Response:
         record = await self._key(request)
         await self._store.reset_usage(record.id)
+        await self._usage_reset(record)
         return json_response({"key_id": record.id, "reset": True})
 
     async def all_usage(self, request: Request) -> Response:

@@ -117,6 +117,7 @@ class Runtime:
         self.accountant = Accountant(store)
         self.guard = Guard(
             limiter,
+            store,
             defaults=Defaults(settings.rate_limit_requests_per_minute),
             queue_timeout=settings.queue_timeout,
             default_max_tokens=settings.default_max_tokens,
@@ -168,9 +169,10 @@ class Runtime:
             names = ", ".join(agent.name for agent in self.routes.agents)
             logger.info("agent-gateway %s ready with %d agent(s): %s", __version__, len(self.routes.agents), names)
             logger.info(
-                "auth: %s; store: %s; admin API: %s",
+                "auth: %s; store: %s; rate limits: %s; admin API: %s",
                 self.authenticator.mode,
                 self.store.name,
+                self.guard.limiter.name,
                 "on" if settings.admin_key else "off (set GATEWAY_ADMIN_KEY)",
             )
             for problem in self.routes.problems():
@@ -316,6 +318,7 @@ def create_app(
             runtime.current_routes,
             runtime.reload,
             runtime.authenticator.forget,
+            usage_reset=runtime.guard.reset_quotas,
             max_body_bytes=settings.max_body_bytes,
         )
         admin_routes = admin.routes()

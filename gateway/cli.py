@@ -113,6 +113,9 @@ def serve(
         log_config=None,
         access_log=False,
         server_header=False,
+        # The gateway reads X-Forwarded-For itself, from GATEWAY_TRUSTED_PROXIES only: uvicorn's own handling
+        # trusts loopback by default, which would let a local caller pick its address for per-address limits.
+        proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
 

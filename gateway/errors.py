@@ -124,9 +124,16 @@ class RateLimited(ClientError):
     type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after  # for limits with no bucket to compute it from (concurrency)
+        self.kind = kind  # "tokens" for a tokens bucket: OpenAI's `type` says which kind of limit
+
+    def payload(self) -> dict[str, Any]:
+        body = super().payload()
+        if self.kind is not None:
+            body["error"]["type"] = self.kind
+        return body
 
 
 class QuotaExceeded(RateLimited):

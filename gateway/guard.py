@@ -17,7 +17,9 @@ from gateway.exchange import Exchange
 from gateway.keys import KeyRecord
 from gateway.limiter import Limiter
 from gateway.payload import Endpoint
-from gateway.policy import Defaults, charge_for, client_address
+from gateway.policy import Defaults, charge_for, client_address, key_quotas
+from gateway.ratelimit import Charge
+from gateway.store.base import Store
 
 logger = logging.getLogger("gateway.guard")
 
@@ -32,6 +34,7 @@ class Guard:
     def __init__(
         self,
         limiter: Limiter,
+        store: Store,
         *,
         defaults: Defaults,
         queue_timeout: float,
@@ -39,6 +42,8 @@ class Guard:
         trusted_proxies: Sequence[str],
     ) -> None:
         self.limiter = limiter
+        self._store = store
+        self._seeded: set[str] = set()  # quota counters this process has started from recorded usage
         self._defaults = defaults
         self._queue_timeout = queue_timeout
         self._default_max_tokens = default_max_tokens
@@ -72,6 +77,8 @@ class Guard:
         )
         if not charge.buckets and not charge.quotas:
             return
+        if key is not None:
+            await self._seed_quotas(key, charge)
         decision = await self.limiter.take(charge)
         exchange.ratelimit = decision
         if not decision.allowed:
@@ -83,7 +90,10 @@ class Guard:
                     f"This key has used its {decision.quota.label} quota ({decision.quota.limit} tokens); "
                     f"it resets at {resets}."
                 )
-            raise RateLimited(f"Rate limit reached for {decision.refused_by}; retry in {decision.retry_after:.2f}s.")
+            raise RateLimited(
+                f"Rate limit reached for {decision.refused_by}; retry in {decision.retry_after:.2f}s.",
+                kind=decision.refused_kind,
+            )
         exchange.charge = charge
         exchange.reserved_tokens = tokens
 
@@ -95,8 +105,13 @@ class Guard:
         field = next((f for f in _OUTPUT_FIELDS if isinstance(body.get(f), int)), None)
         requested: int = body[field] if field is not None else self._default_max_tokens
         ceiling = agent.spec.limits.max_tokens_per_request
+        clamp = agent.spec.limits.over_max_tokens == "clamp"
+        if ceiling is not None and field is None and clamp:
+            # A request that states no limit gets the ceiling as its limit, so the answer cannot exceed it.
+            body["max_output_tokens" if endpoint is Endpoint.RESPONSES else "max_tokens"] = ceiling
+            return ceiling
         if ceiling is not None and field is not None and requested > ceiling:
-            if agent.spec.limits.over_max_tokens == "clamp":
+            if clamp:
                 body[field] = ceiling
                 return ceiling
             raise BadRequest(
@@ -123,6 +138,23 @@ class Guard:
                     retry_after=1.0,
                 )
             exchange.leases.append(lease)
+
+    async def _seed_quotas(self, key: KeyRecord, charge: Charge) -> None:
+        """A quota counter starts from the usage already recorded for its period (before a restart, before the
+        quota was set), so the limit and the usage report agree. Once per quota and period per process."""
+        for quota in charge.quotas:
+            if quota.id in self._seeded:
+                continue
+            period = quota.id.rsplit(":", 1)[1]
+            rows = await self._store.usage(key.id, [period])
+            await self.limiter.seed(quota, sum(r.prompt_tokens + r.completion_tokens for r in rows))
+            self._seeded.add(quota.id)
+
+    async def reset_quotas(self, key: KeyRecord) -> None:
+        """The key's usage was reset: its quotas start again from zero."""
+        ids = [quota.id for quota in key_quotas(key, datetime.now(UTC))]
+        await self.limiter.reset(ids)
+        self._seeded.difference_update(ids)
 
     def _check_cooldown(self, exchange: Exchange, key: KeyRecord | None) -> None:
         if key is None or not key.limits.cooldown_after:
@@ -170,15 +202,18 @@ class Guard:
         await self.limiter.close()
 
 
+# Failures after which the provider may still have generated (and billed) the answer.
+_MAYBE_GENERATED = frozenset({502, 504})
+
+
 def _settlement(exchange: Exchange) -> int:
     """Tokens to charge (> 0) or refund (< 0) once the request is over."""
     reserved = exchange.reserved_tokens
     if exchange.prompt_tokens is not None and not exchange.usage_estimated:
         return exchange.prompt_tokens + (exchange.completion_tokens or 0) - reserved
-    if exchange.stream in ("client_disconnected", "upstream_error"):
-        # Cut short without the upstream's count: keep the reservation, never refund what may have been used.
-        used = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
-        return max(0, used - reserved)
-    if exchange.status >= 400 and exchange.stream is None:
-        return -reserved  # refused or failed before generating: nothing was used
-    return 0
+    if exchange.status >= 400 and exchange.status not in _MAYBE_GENERATED:
+        return -reserved  # an error answer (the provider's own included): nothing was generated
+    # Cut short, timed out or dropped without the upstream's count: keep the reservation, never refund what
+    # may have been used; charge more only when the text relayed shows more.
+    used = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
+    return max(0, used - reserved)

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from gateway import ratelimit
-from gateway.ratelimit import Charge, Decision, Level
+from gateway.ratelimit import Charge, Decision, Level, Quota
 
 logger = logging.getLogger("gateway.limiter")
 
 FailureMode = Literal["open", "closed"]
+MAX_LEVELS = 50_000
 
 
 class Limiter(Protocol):
@@ -21,6 +22,11 @@ class Limiter(Protocol):
     async def take(self, charge: Charge) -> Decision: ...
 
     async def settle(self, charge: Charge, delta: int) -> None: ...
+
+    async def seed(self, quota: Quota, used: int) -> None:
+        """Start a quota's counter at `used` unless it already has one (usage recorded before this process)."""
+
+    async def reset(self, quota_ids: list[str]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -43,6 +49,9 @@ class MemoryLimiter:
         if decision.allowed:
             for bucket, level in zip(charge.buckets, new_levels, strict=True):
                 self._levels[bucket.id] = level
+            if len(self._levels) > MAX_LEVELS:
+                # Per-address buckets come and go; one untouched for an hour has long been full again.
+                self._levels = {k: v for k, v in self._levels.items() if now - v.at < 3600}
             for quota, count in zip(charge.quotas, new_used, strict=True):
                 self._used[quota.id] = (count, quota.resets_at)
         return decision
@@ -60,6 +69,14 @@ class MemoryLimiter:
             self._used[quota.id] = (max(0, self._quota(quota.id, now) + delta), quota.resets_at)
         if len(self._used) > 10_000:  # periods that ended
             self._used = {k: v for k, v in self._used.items() if v[1] > now}
+
+    async def seed(self, quota: Quota, used: int) -> None:
+        if quota.id not in self._used:
+            self._used[quota.id] = (used, quota.resets_at)
+
+    async def reset(self, quota_ids: list[str]) -> None:
+        for quota_id in quota_ids:
+            self._used.pop(quota_id, None)
 
     async def close(self) -> None:
         return None

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from gateway import ratelimit
 from gateway.errors import StoreUnavailable
 from gateway.limiter import FailureMode, MemoryLimiter
-from gateway.ratelimit import Charge, Decision
+from gateway.ratelimit import Charge, Decision, Quota
 
 logger = logging.getLogger("gateway.limiter")
 
@@ -52,6 +52,8 @@ class RedisLimiter:
 
     async def take(self, charge: Charge) -> Decision:
         if self._resting():
+            if self._failure == "closed":
+                raise StoreUnavailable("The rate limiter's store is unavailable; retry shortly.")
             return await self._fallback.take(charge)
         args: list[str | float | int] = [
             0, len(charge.buckets), len(charge.quotas), charge.requests, charge.tokens, charge.prompt_tokens
@@ -84,6 +86,17 @@ class RedisLimiter:
             await self._settle(keys=self._keys(charge, token_buckets), args=args)
         except (RedisError, OSError) as exc:
             logger.warning("rate-limit settlement lost, Redis unavailable: %s", exc)
+
+    async def seed(self, quota: Quota, used: int) -> None:
+        ttl = max(60, int(quota.resets_at - time.time()) + 3600)
+        try:
+            await self._redis.set(self._prefix + quota.id, used, nx=True, ex=ttl)
+        except (RedisError, OSError) as exc:
+            logger.warning("quota counter not seeded, Redis unavailable: %s", exc)
+
+    async def reset(self, quota_ids: list[str]) -> None:
+        if quota_ids:
+            await self._redis.delete(*(self._prefix + quota_id for quota_id in quota_ids))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -123,4 +136,5 @@ def _decision(charge: Charge, reply: list[bytes | int]) -> Decision:
     if refused_quota:
         quota = charge.quotas[refused_quota - 1]
         return Decision(False, states, max(0.0, quota.resets_at - now), quota.label, quota)
-    return Decision(False, states, wait, charge.buckets[refused_bucket - 1].label)
+    refusing = charge.buckets[refused_bucket - 1]
+    return Decision(False, states, wait, refusing.label, None, refusing.kind)

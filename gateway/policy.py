@@ -55,14 +55,15 @@ def charge_for(
         if limits.tpm:
             burst = limits.tpm_burst or limits.tpm
             buckets.append(Bucket(f"key:{key.id}:tokens", "tokens", limits.tpm, burst, "tokens per minute of this key"))
-        quotas += _quotas(key, now)
+        quotas += key_quotas(key, now)
     elif client is not None and defaults.requests_per_minute:
         rpm = defaults.requests_per_minute
         buckets.append(Bucket(f"ip:{client}:requests", "requests", rpm, rpm, "requests per minute of this address"))
     return Charge(tuple(buckets), tuple(quotas), 1, tokens, prompt_tokens)
 
 
-def _quotas(key: KeyRecord, now: datetime) -> list[Quota]:
+def key_quotas(key: KeyRecord, now: datetime) -> list[Quota]:
+    """The key's quotas for the periods `now` falls in."""
     quotas = []
     if key.quotas.tokens_per_day:
         tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)

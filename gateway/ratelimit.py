@@ -82,6 +82,7 @@ class Decision:
     retry_after: float = 0.0  # seconds, when refused
     refused_by: str = ""  # the label of the limit that refused
     quota: Quota | None = None  # set when a quota refused
+    refused_kind: Kind = "requests"  # the kind of the bucket that refused
 
 
 def refill(level: Level | None, bucket: Bucket, now: float) -> float:
@@ -106,16 +107,16 @@ def take(
     for tokens, bucket in zip(current, charge.buckets, strict=True):
         needed = min(charge.cost(bucket), bucket.capacity)  # a charge over capacity needs a full bucket
         if tokens < needed:
-            waits.append(((needed - tokens) / bucket.rate if bucket.rate > 0 else math.inf, bucket.label))
+            waits.append(((needed - tokens) / bucket.rate if bucket.rate > 0 else math.inf, bucket.label, bucket.kind))
     for count, quota in zip(used, charge.quotas, strict=True):
         if count >= quota.limit or count + charge.prompt_tokens > quota.limit:
             states = tuple(state(b, t) for b, t in zip(charge.buckets, current, strict=True))
             decision = Decision(False, states, max(0.0, quota.resets_at - now), quota.label, quota)
             return decision, [Level(t, now) for t in current], used
     if waits:
-        wait, label = max(waits)
+        wait, label, kind = max(waits)
         states = tuple(state(b, t) for b, t in zip(charge.buckets, current, strict=True))
-        return Decision(False, states, wait, label), [Level(t, now) for t in current], used
+        return Decision(False, states, wait, label, None, kind), [Level(t, now) for t in current], used
     after = [tokens - charge.cost(bucket) for tokens, bucket in zip(current, charge.buckets, strict=True)]
     states = tuple(state(b, t) for b, t in zip(charge.buckets, after, strict=True))
     return Decision(True, states), [Level(t, now) for t in after], [u + charge.tokens for u in used]
@@ -139,10 +140,11 @@ def duration(seconds: float) -> str:
     """OpenAI's reset format: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`."""
     if seconds <= 0:
         return "0s"
-    if seconds < 1:
-        return f"{max(1, math.ceil(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{math.ceil(seconds * 1000) / 1000:g}s"
+    millis = math.ceil(seconds * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    if millis < 60_000:
+        return f"{millis / 1000:g}s"
     whole = math.ceil(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)

@@ -234,3 +234,52 @@ def test_redis_killed_mid_run(
         operator.http.close()
         gateway.stop()
         redis_server.start()
+
+
+def test_a_token_bucket_refusal_says_tokens_and_a_big_request_leaves_debt(limited: Process, admin: Admin) -> None:
+    key = admin.create(limits={"tpm": 60, "tpm_burst": 10})
+    # Over capacity, admitted from a full bucket: 10 - ~101 reserved + ~89 refunded (real usage 12) = in debt.
+    assert chat(limited, key["secret"], max_tokens=100).status_code == 200
+    time.sleep(0.2)  # the settlement runs just after the response
+    refused = chat(limited, key["secret"], max_tokens=10)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["type"] == "tokens", refused.text
+    assert "tokens per minute of this key" in refused.json()["error"]["message"]
+
+
+def test_quotas_survive_a_restart_and_follow_a_usage_reset(upstream: Process, tmp_path: Path) -> None:
+    config = tmp_path / "agents.yaml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(tmp_path / "s")}
+    first = start_gateway(config, tmp_path, env)
+    operator = Admin(first)
+    key = operator.create(quotas={"tokens_per_day": 20})
+    for _ in range(2):  # 12 tokens each: the second is admitted (room for its prompt) and uses the quota up
+        assert chat(first, key["secret"], max_tokens=5).status_code == 200
+    operator.usage(key["id"], requests=2)
+    operator.http.close()
+    first.stop()
+    second = start_gateway(config, tmp_path, env)
+    operator = Admin(second)
+    try:
+        after_restart = chat(second, key["secret"], max_tokens=5)
+        assert after_restart.status_code == 429
+        assert after_restart.json()["error"]["code"] == "insufficient_quota"
+        operator.http.post(f"/admin/keys/{key['id']}/usage/reset")
+        assert chat(second, key["secret"], max_tokens=5).status_code == 200
+    finally:
+        operator.http.close()
+        second.stop()
+
+
+def test_anonymous_callers_cannot_pick_their_address_from_loopback(upstream: Process, tmp_path: Path) -> None:
+    config = tmp_path / "agents.yaml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    env = {"TEST_UPSTREAM_KEY": UPSTREAM_KEY, "RATE_LIMIT_REQUESTS_PER_MINUTE": "2",
+           "GATEWAY_STATE_DIR": str(tmp_path / "s")}  # fmt: skip
+    gateway = start_gateway(config, tmp_path, env)
+    try:
+        codes = [chat(gateway, "unused", headers={"x-forwarded-for": f"203.0.113.{n}"}).status_code for n in range(4)]
+    finally:
+        gateway.stop()
+    assert codes == [200, 200, 429, 429]
