@@ -112,3 +112,7 @@ def test_no_bucket_of_a_kind_means_no_headers_of_that_kind() -> None:
     assert {name for name, _ in headers(decision)} == {
         b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests"
     }  # fmt: skip
+
+
+def test_durations_just_under_a_minute_round_up_to_a_minute() -> None:
+    assert duration(59.9991) == "1m0s"
