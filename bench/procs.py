@@ -176,10 +176,15 @@ def nginx_upstream(nginx: str, workdir: Path) -> Iterator[Service]:
 
 
 @contextlib.contextmanager
-def stream_upstream(workdir: Path, chunks: int, interval_ms: float) -> Iterator[Service]:
+def stream_upstream(
+    workdir: Path, chunks: int, interval_ms: float, usage: tuple[int, int] | None = None
+) -> Iterator[Service]:
+    """The streaming stand-in; with `usage` (prompt, completion tokens) it reports that usage when asked to."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "upstream_stream.py"), "--port", str(port),
             "--chunks", str(chunks), "--interval-ms", str(interval_ms)]  # fmt: skip
+    if usage is not None:
+        argv += ["--usage-prompt-tokens", str(usage[0]), "--usage-completion-tokens", str(usage[1])]
     with running("stream upstream", argv, port, workdir) as service:
         yield service
 

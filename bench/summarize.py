@@ -17,7 +17,8 @@ import report
 
 
 def load(paths: list[Path], include_quick: bool) -> list[dict[str, Any]]:
-    runs = [json.loads(path.read_text()) for path in paths]
+    # The accuracy benchmark writes its own results beside these; they are summarised in its own table.
+    runs = [run for run in (json.loads(path.read_text()) for path in paths) if run["meta"].get("bench") != "accuracy"]
     full = [run for run in runs if include_quick or not run["meta"]["options"].get("quick")]
     if len(full) < len(runs):
         print(f"skipping {len(runs) - len(full)} --quick run(s); pass --include-quick to count them")
