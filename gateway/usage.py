@@ -31,21 +31,21 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN)
 
 
-def _text_chars(value: Any) -> int:
+def text_chars(value: Any) -> int:
     """Characters of text anywhere in a request field (strings, message contents, parts)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
-        return sum(_text_chars(item) for item in value)
+        return sum(text_chars(item) for item in value)
     if isinstance(value, dict):
-        return sum(_text_chars(value.get(name)) for name in ("content", "text", "input", "instructions"))
+        return sum(text_chars(value.get(name)) for name in ("content", "text", "input", "instructions"))
     return 0
 
 
 def estimate_prompt_tokens(payload: dict[str, Any]) -> int:
     """Prompt tokens a request will cost, estimated from its text (messages, prompt, input, instructions)."""
     fields = ("messages", "prompt", "input", "instructions")
-    return estimate_tokens(sum(_text_chars(payload.get(name)) for name in fields))
+    return estimate_tokens(sum(text_chars(payload.get(name)) for name in fields))
 
 
 def from_body(body: Any) -> Usage | None:
