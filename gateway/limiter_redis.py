@@ -6,13 +6,13 @@ import logging
 import time
 from importlib.resources import files
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
 from gateway import ratelimit
 from gateway.errors import StoreUnavailable
 from gateway.limiter import FailureMode, MemoryLimiter
 from gateway.ratelimit import Charge, Decision, Quota
+from gateway.redis_connection import RedisConnection
 
 logger = logging.getLogger("gateway.limiter")
 
@@ -35,12 +35,14 @@ class RedisLimiter:
     name = "redis"
 
     def __init__(self, url: str, failure: FailureMode, prefix: str = "gw:rl:", timeout: float = 0.25) -> None:
-        # Short timeouts and no retries: a dead Redis must cost a request a quarter of a second at most.
-        self._redis = redis.asyncio.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
-        )
-        self._take = self._redis.register_script(_script("ratelimit_take.lua"))
-        self._settle = self._redis.register_script(_script("ratelimit_settle.lua"))
+        # Short timeouts (and no retries, like every Redis client here): a dead Redis must cost a request a
+        # quarter of a second at most.
+        take, settle = _script("ratelimit_take.lua"), _script("ratelimit_settle.lua")
+        self._connection = RedisConnection(url, (take, settle), connect_timeout=timeout, timeout=timeout)
+        self._connection.open()
+        self._redis = self._connection.client
+        self._take = self._connection.script(take)
+        self._settle = self._connection.script(settle)
         self._prefix = prefix
         self._failure = failure
         self._fallback = MemoryLimiter()
@@ -99,7 +101,7 @@ class RedisLimiter:
             await self._redis.delete(*(self._prefix + quota_id for quota_id in quota_ids))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._connection.close()
 
     def _resting(self) -> bool:
         return self._down_since is not None and time.monotonic() - self._down_since < RETRY_REDIS_AFTER

@@ -34,12 +34,11 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.keys import utcnow
+from gateway.redis_connection import RedisConnection
 from gateway.sessions.history import bound
 from gateway.sessions.store import Session
 from gateway.store.base import ANONYMOUS
@@ -131,47 +130,25 @@ class RedisSessionStore:
     errors: tuple[type[Exception], ...] = (RedisError, OSError)
 
     def __init__(self, url: str, prefix: str = "gw:sess:") -> None:
-        self._url = url
         self._prefix = prefix
-        self._client: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._connection = RedisConnection(
+            url, (_CREATE, _GET, _APPEND, _TRIM, _DELETE), connect_timeout=0.25, timeout=0.5
+        )
 
     async def open(self) -> None:
-        # Short timeouts and no retries: while Redis is away the caller serves sessions from memory, so every call
-        # must fail fast; and a retried append whose reply was lost would store its messages twice.
-        self._client = redis.asyncio.from_url(
-            self._url,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            socket_connect_timeout=0.25,
-            socket_timeout=0.5,
-        )
-        # Registered once: calls go by SHA (EVALSHA) and load the script only when the server lacks it.
-        self._scripts = {
-            source: self._client.register_script(source) for source in (_CREATE, _GET, _APPEND, _TRIM, _DELETE)
-        }
+        self._connection.open()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._connection.close()
 
     async def ping(self) -> bool:
-        if self._client is None:
-            return False
-        try:
-            return bool(await self._client.ping())
-        except self.errors:
-            return False
+        return await self._connection.ping()
 
     def _redis(self) -> redis.asyncio.Redis:
-        assert self._client is not None, "the store is not open"
-        return self._client
+        return self._connection.client
 
     def _script(self, source: str) -> AsyncScript:
-        assert self._client is not None, "the store is not open"
-        return self._scripts[source]
+        return self._connection.script(source)
 
     def _record(self, session_id: str) -> str:
         return f"{self._prefix}s:{session_id}"

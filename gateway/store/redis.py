@@ -8,12 +8,11 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.keys import KeyRecord
+from gateway.redis_connection import RedisConnection
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 
 # Usage hashes outlive the windows anyone reports on (a year of days, two years of months), then clean themselves up.
@@ -60,48 +59,25 @@ class RedisStore:
     errors: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
-        self._url = url
         self._prefix = prefix
-        self._client: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._connection = RedisConnection(
+            url, (_CREATE_KEY, _FIND_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0
+        )
 
     async def open(self) -> None:
-        # No client-side retries: a retried MULTI or script whose reply was lost would count usage twice or turn a
-        # created key into a KeyConflict, and retrying with backoff would stall every request while Redis is down.
-        # Errors surface at once and the caller decides. Timeouts keep a vanished host from hanging requests; a
-        # `?socket_timeout=` in the URL overrides them.
-        self._client = redis.asyncio.from_url(
-            self._url,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-        )
-        # Registered once: calls go by SHA (EVALSHA) and load the script only when the server lacks it.
-        self._scripts = {
-            source: self._client.register_script(source) for source in (_CREATE_KEY, _FIND_KEY, _RESET_USAGE)
-        }
+        self._connection.open()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._connection.close()
 
     async def ping(self) -> bool:
-        if self._client is None:
-            return False
-        try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
-            return False
+        return await self._connection.ping()
 
     def _redis(self) -> redis.asyncio.Redis:
-        assert self._client is not None, "the store is not open"
-        return self._client
+        return self._connection.client
 
     def _script(self, source: str) -> AsyncScript:
-        assert self._client is not None, "the store is not open"
-        return self._scripts[source]
+        return self._connection.script(source)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
