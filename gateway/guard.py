@@ -67,8 +67,12 @@ class Guard:
         """Check and take; on success the exchange holds what `finish` must give back or settle."""
         self._check_cooldown(exchange, key)
         output = self._output_limit(agent, endpoint, body)
-        prompt = usage.estimate_prompt_tokens(body)
-        tokens = prompt + output
+        # Only token buckets and quotas need the estimate; most requests skip walking their messages.
+        counts_tokens = key is not None and bool(
+            key.limits.tpm or key.quotas.tokens_per_day or key.quotas.tokens_per_month
+        )
+        prompt = usage.estimate_prompt_tokens(body) if counts_tokens else 0
+        tokens = prompt + output if counts_tokens else 0
         await self._hold_slots(exchange, key, agent)
         client = None if key is not None else client_address(scope, self._trusted)
         now = datetime.now(UTC)
