@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__, reports
 from gateway.admin_schema import KeyCreate, KeyUpdate, Rotate, openapi_document
 from gateway.auth import presented_secret
-from gateway.errors import AdminAuthFailed, BadRequest, KeyNotFound, KeyRevoked, ValidationFailed
+from gateway.errors import AdminAuthFailed, BadRequest, ClientError, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.proxy import read_body
 from gateway.routing import RoutingTable
@@ -58,21 +58,23 @@ class AdminAPI:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/admin/openapi.json", self._guard(self.openapi), methods=["GET"]),
-            Route("/admin/keys", self._guard(self.create_key), methods=["POST"]),
-            Route("/admin/keys", self._guard(self.list_keys), methods=["GET"]),
-            Route("/admin/keys/{key_id}", self._guard(self.show_key), methods=["GET"]),
-            Route("/admin/keys/{key_id}", self._guard(self.update_key), methods=["PATCH"]),
-            Route("/admin/keys/{key_id}", self._guard(self.revoke_key), methods=["DELETE"]),
-            Route("/admin/keys/{key_id}/rotate", self._guard(self.rotate_key), methods=["POST"]),
-            Route("/admin/keys/{key_id}/usage", self._guard(self.key_usage), methods=["GET"]),
-            Route("/admin/keys/{key_id}/usage/reset", self._guard(self.reset_usage), methods=["POST"]),
-            Route("/admin/usage", self._guard(self.all_usage), methods=["GET"]),
-            Route("/admin/routes", self._guard(self.show_routes), methods=["GET"]),
-            Route("/admin/reload", self._guard(self.reload), methods=["POST"]),
+            Route("/admin/openapi.json", self.guard(self.openapi), methods=["GET"]),
+            Route("/admin/keys", self.guard(self.create_key), methods=["POST"]),
+            Route("/admin/keys", self.guard(self.list_keys), methods=["GET"]),
+            Route("/admin/keys/{key_id}", self.guard(self.show_key), methods=["GET"]),
+            Route("/admin/keys/{key_id}", self.guard(self.update_key), methods=["PATCH"]),
+            Route("/admin/keys/{key_id}", self.guard(self.revoke_key), methods=["DELETE"]),
+            Route("/admin/keys/{key_id}/rotate", self.guard(self.rotate_key), methods=["POST"]),
+            Route("/admin/keys/{key_id}/usage", self.guard(self.key_usage), methods=["GET"]),
+            Route("/admin/keys/{key_id}/usage/reset", self.guard(self.reset_usage), methods=["POST"]),
+            Route("/admin/usage", self.guard(self.all_usage), methods=["GET"]),
+            Route("/admin/routes", self.guard(self.show_routes), methods=["GET"]),
+            Route("/admin/reload", self.guard(self.reload), methods=["POST"]),
         ]
 
-    def _guard(self, handler: Handler) -> Handler:
+    def guard(self, handler: Handler) -> Handler:
+        """`handler` behind the admin key."""
+
         async def guarded(request: Request) -> Response:
             presented = presented_secret(request.scope["headers"]) or ""
             if not presented or not hmac.compare_digest(presented.encode(), self._admin_key):
@@ -105,8 +107,8 @@ class AdminAPI:
 
     async def list_keys(self, request: Request) -> Response:
         query = request.query_params
-        offset = _int_param(query.get("offset"), "offset", 0, 0, None)
-        limit = _int_param(query.get("limit"), "limit", 50, 1, MAX_PAGE)
+        offset = int_param(query.get("offset"), "offset", 0, 0, None)
+        limit = int_param(query.get("limit"), "limit", 50, 1, MAX_PAGE)
         name = (query.get("name") or "").lower()
         include_revoked = _bool_param(query.get("include_revoked"), "include_revoked", default=True)
         wanted = {k.removeprefix("metadata."): v for k, v in query.items() if k.startswith("metadata.")}
@@ -121,7 +123,7 @@ class AdminAPI:
         return json_response({"object": "list", "data": page, "total": len(matching), "offset": offset, "limit": limit})
 
     async def _body(self, request: Request, model: type[M], *, allow_empty: bool = False) -> M:
-        return await _read_body(request, model, self._max_body_bytes, allow_empty=allow_empty)
+        return await read_model(request, model, self._max_body_bytes, allow_empty=allow_empty)
 
     async def _key(self, request: Request) -> KeyRecord:
         key_id = request.path_params["key_id"]
@@ -189,7 +191,7 @@ class AdminAPI:
 
     async def key_usage(self, request: Request) -> Response:
         record = await self._key(request)
-        days = _int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
+        days = int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
         now = utcnow()
         periods = reports.days_back(now.date(), days)
         month = now.date().isoformat()[:7]
@@ -209,7 +211,7 @@ class AdminAPI:
         return json_response({"key_id": record.id, "reset": True})
 
     async def all_usage(self, request: Request) -> Response:
-        days = _int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
+        days = int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
         periods = reports.days_back(utcnow().date(), days)
         return json_response(reports.summarize(await self._store.usage(None, periods), periods))
 
@@ -244,7 +246,15 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
-async def _read_body(request: Request, model: type[M], limit: int, *, allow_empty: bool = False) -> M:
+async def read_model(
+    request: Request,
+    model: type[M],
+    limit: int,
+    *,
+    allow_empty: bool = False,
+    error: type[ClientError] = ValidationFailed,
+) -> M:
+    """The request body read (up to `limit` bytes) and validated as `model`; `error` names every bad field."""
     raw = await read_body(request, limit)
     if not raw.strip() and allow_empty:
         raw = b"{}"
@@ -254,7 +264,7 @@ async def _read_body(request: Request, model: type[M], limit: int, *, allow_empt
         errors = exc.errors()
         fields = [".".join(str(part) for part in error["loc"]) or "(body)" for error in errors]
         message = "; ".join(f"{field}: {error['msg']}" for field, error in zip(fields, errors, strict=True))
-        raise ValidationFailed(message, param=fields[0] if fields[0] != "(body)" else None) from None
+        raise error(message, param=fields[0] if fields[0] != "(body)" else None) from None
 
 
 def _sent_fields(model: BaseModel) -> dict[str, Any]:
@@ -281,7 +291,7 @@ def _bool_param(raw: str | None, name: str, *, default: bool) -> bool:
     raise BadRequest(f"`{name}` must be true or false.", param=name)
 
 
-def _int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+def int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):

@@ -13,6 +13,8 @@ Provider = Literal["openai", "openai-compatible", "mock"]
 Storage = Literal["memory", "redis"]
 
 DEFAULT_BASE_URLS: Mapping[str, str] = MappingProxyType({"openai": "https://api.openai.com/v1"})
+# As the OpenAI SDK does: an `openai` agent without a base_url uses OPENAI_BASE_URL when it is set.
+DEFAULT_BASE_URL_ENVS: Mapping[str, str] = MappingProxyType({"openai": "OPENAI_BASE_URL"})
 DEFAULT_KEY_ENVS: Mapping[str, str] = MappingProxyType({"openai": "OPENAI_API_KEY"})
 
 
@@ -53,10 +55,13 @@ class LLMSpec(Spec):
 
 class SessionSpec(Spec):
     enabled: bool = False
-    storage: Storage | None = None
-    redis_url: str | None = None
-    ttl_seconds: int = Field(default=3600, gt=0)
-    max_history: int = Field(default=10, ge=0)
+    storage: Storage | None = Field(default=None, description="Default: SESSION_STORAGE, else GATEWAY_STORE.")
+    redis_url: str | None = Field(default=None, description="Default: REDIS_URL.")
+    ttl_seconds: int | None = Field(default=None, gt=0, description="Default: SESSION_TTL (3600).")
+    max_history: int = Field(default=10, ge=0, description="Stored messages kept, newest whole turns first.")
+    max_history_tokens: int | None = Field(default=None, gt=0, description="Estimated tokens of history kept.")
+    auto_create: bool = Field(default=False, description="An unknown session id starts a session under that id.")
+    store_partial: bool = Field(default=False, description="Keep the partial reply of a failed or cancelled turn.")
 
 
 class StreamingSpec(Spec):
@@ -141,6 +146,11 @@ class Agent:
     source: str = ""
 
     @property
+    def streams(self) -> bool:
+        """Whether stream requests are relayed from an upstream stream (else simulated from a whole answer)."""
+        return self.spec.llm.supports_streaming and self.spec.streaming.enabled
+
+    @property
     def missing_key(self) -> bool:
         return self.api_key_env is not None and not self.api_key
 
@@ -177,7 +187,7 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
         description=spec.description,
         provider=llm.provider,
         upstream_model=llm.model or spec.name,
-        base_url=(llm.base_url or DEFAULT_BASE_URLS.get(llm.provider, "mock://")).rstrip("/"),
+        base_url=(llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/"),
         api_key_env=key_env,
         api_key=environ.get(key_env) if key_env else None,
         api_key_header=llm.api_key_header,
@@ -190,3 +200,9 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
         spec=spec,
         source=source,
     )
+
+
+def _default_base_url(provider: str, environ: Mapping[str, str]) -> str:
+    env = DEFAULT_BASE_URL_ENVS.get(provider)
+    from_env = environ.get(env, "").strip() if env else ""
+    return from_env or DEFAULT_BASE_URLS.get(provider, "mock://")

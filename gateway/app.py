@@ -22,6 +22,7 @@ from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
 from gateway.auth import Authenticator, AuthMode, is_loopback, resolve_mode
+from gateway.chat_api import ChatAPI
 from gateway.errors import (
     GatewayError,
     InvalidConfig,
@@ -41,6 +42,8 @@ from gateway.payload import Endpoint
 from gateway.policy import Defaults
 from gateway.proxy import Proxy
 from gateway.routing import ConfigError, RoutingTable, load_routes
+from gateway.sessions.service import Sessions
+from gateway.sessions_api import SessionsAPI
 from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.store.memory import MemoryStore
@@ -115,6 +118,12 @@ class Runtime:
         self.store = store
         self.authenticator = Authenticator(store, "keys", store.cache_ttl)
         self.accountant = Accountant(store)
+        self.sessions = Sessions(
+            self.current_routes,
+            default_storage=settings.session_storage or settings.store,
+            redis_url=settings.redis_url,
+            ttl_seconds=settings.session_ttl,
+        )
         self.guard = Guard(
             limiter,
             store,
@@ -194,6 +203,7 @@ class Runtime:
                 await self.http.close()
                 self.http = None
             await self.guard.close()
+            await self.sessions.close()
             await self.accountant.stop()  # after the last request: what they used is written before we exit
             await self.store.close()
 
@@ -307,9 +317,16 @@ def create_app(
     if settings.access_log and settings.log_level in ("debug", "info"):
         hooks.append(AccessLog(settings.log_format).write)
     proxy = Proxy(
-        runtime.current_routes, runtime.upstream_for, runtime.authenticator, runtime.guard, settings.max_body_bytes
+        runtime.current_routes,
+        runtime.upstream_for,
+        runtime.authenticator,
+        runtime.guard,
+        runtime.sessions,
+        max_body_bytes=settings.max_body_bytes,
     )
     endpoints = Endpoints(runtime, proxy)
+    sessions = SessionsAPI(runtime.sessions, runtime.authenticator, runtime.current_routes, settings.max_body_bytes)
+    chat = ChatAPI(proxy, runtime.sessions, runtime.authenticator, runtime.current_routes, settings.max_body_bytes)
     admin_routes: list[BaseRoute] = []
     if settings.admin_key is not None:
         admin = AdminAPI(
@@ -321,7 +338,12 @@ def create_app(
             usage_reset=runtime.guard.reset_quotas,
             max_body_bytes=settings.max_body_bytes,
         )
-        admin_routes = admin.routes()
+        admin_routes = [
+            *admin.routes(),
+            Route("/admin/sessions", admin.guard(sessions.admin_list), methods=["GET"]),
+            Route("/admin/sessions/{session_id}", admin.guard(sessions.admin_show), methods=["GET"]),
+            Route("/admin/sessions/{session_id}", admin.guard(sessions.admin_delete), methods=["DELETE"]),
+        ]
     app = Starlette(
         routes=[
             *admin_routes,
@@ -329,6 +351,12 @@ def create_app(
             Route("/v1/completions", endpoints.completions, methods=["POST"]),
             Route("/v1/embeddings", endpoints.embeddings, methods=["POST"]),
             Route("/v1/responses", endpoints.responses, methods=["POST"]),
+            Route("/v1/chat", chat.chat, methods=["POST"]),
+            Route("/v1/chat/stream", chat.chat_stream, methods=["POST"]),
+            Route("/v1/sessions", sessions.create, methods=["POST"]),
+            Route("/v1/sessions", sessions.list, methods=["GET"]),
+            Route("/v1/sessions/{session_id}", sessions.show, methods=["GET"]),
+            Route("/v1/sessions/{session_id}", sessions.delete, methods=["DELETE"]),
             Route("/v1/models", endpoints.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", endpoints.get_model, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),

@@ -12,7 +12,8 @@ so the OpenAI SDK raises the matching exception::
      │    ├── PermissionDenied       403 model_not_allowed
      │    ├── NotFound               404 (unknown path)
      │    │    ├── ModelNotFound     404 model_not_found
-     │    │    └── KeyNotFound       404 key_not_found
+     │    │    ├── KeyNotFound       404 key_not_found
+     │    │    └── SessionNotFound   404 session_not_found (unknown, expired, or another key's)
      │    ├── MethodNotAllowed       405 method_not_allowed
      │    ├── KeyRevoked             409 key_revoked (rotating a revoked key)
      │    ├── PayloadTooLarge        413 request_too_large
@@ -97,6 +98,15 @@ class KeyNotFound(NotFound):
 
     def __init__(self, key_id: str) -> None:
         super().__init__(f"No key with id `{key_id}`.", param="key_id")
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        # The same answer for a session that never existed, has expired or belongs to another key: an id must not
+        # tell another key that it exists.
+        super().__init__(f"No session with id `{session_id}` (it may have expired).", param="session_id")
 
 
 class MethodNotAllowed(ClientError):

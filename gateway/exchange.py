@@ -33,6 +33,8 @@ class Exchange:
     leases: list[Lease] = field(default_factory=list)
     limited: str | None = None  # the kind of gateway limit that refused it: rate, quota, concurrency, cooldown
     queued: bool = False  # it waited for a concurrency slot
+    session_id: str | None = None
+    session_storage: str | None = None  # memory | redis: where the session was served from
 
     def log_fields(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class Exchange:
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "session_id": self.session_id,
         }
 
 

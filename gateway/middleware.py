@@ -68,6 +68,9 @@ class RequestContextMiddleware:
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
                 if exchange.ratelimit is not None:
                     headers = with_limit_headers(headers, ratelimit.headers(exchange.ratelimit))
+                if exchange.session_id is not None:
+                    headers.append((b"x-session-id", exchange.session_id.encode()))
+                    headers.append((b"x-session-storage", (exchange.session_storage or "").encode()))
                 message["headers"] = headers
             await send(message)
 

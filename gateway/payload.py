@@ -97,6 +97,13 @@ def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str,
     return body
 
 
+def messages_of(body: dict[str, Any]) -> list[Any]:
+    """The chat request's `messages`, checked to be an array of objects."""
+    _check_messages(body)
+    messages: list[Any] = body["messages"]
+    return messages
+
+
 def _check_messages(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if messages is None:

@@ -10,14 +10,18 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import payload, usage
+from gateway import payload, simulate, usage
+from gateway.agents import Agent
 from gateway.auth import Authenticator, authorize
-from gateway.errors import ModelNotFound, PayloadTooLarge, UpstreamBadResponse
+from gateway.errors import BadRequest, ModelNotFound, PayloadTooLarge, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
 from gateway.guard import Guard
+from gateway.keys import KeyRecord
 from gateway.payload import Endpoint
 from gateway.relay import StreamRelay
 from gateway.routing import RoutingTable
+from gateway.sessions.assembly import reply_from_completion
+from gateway.sessions.service import Sessions, Turn, requested_id
 from gateway.upstream import Upstream, UpstreamRequest, UpstreamResponse, forward_headers
 
 JSON = "application/json"
@@ -32,19 +36,28 @@ class Proxy:
         upstreams: Callable[[str], Upstream],
         authenticator: Authenticator,
         guard: Guard,
+        sessions: Sessions,
+        *,
         max_body_bytes: int,
     ) -> None:
         self._routes = routes
         self._upstream_for = upstreams
         self._auth = authenticator
         self._guard = guard
+        self._sessions = sessions
         self._max_body_bytes = max_body_bytes
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
-        exchange = exchange_of(request.scope)
         key = await self._auth.authenticate(request.scope["headers"])
-        exchange.key_id = key.id if key is not None else None
         body = payload.parse(await read_body(request, self._max_body_bytes))
+        return await self.serve(request, endpoint, body, key)
+
+    async def serve(
+        self, request: Request, endpoint: Endpoint, body: dict[str, Any], key: KeyRecord | None
+    ) -> Response:
+        """The rest of the path, for a body already read and a key already authenticated."""
+        exchange = exchange_of(request.scope)
+        exchange.key_id = key.id if key is not None else None
         model = payload.model_of(body)
         stream = payload.wants_stream(body)
         agent = self._routes().match(model)
@@ -52,25 +65,56 @@ class Proxy:
             raise ModelNotFound(model)
         exchange.agent = agent.name
         authorize(key, model, agent.name)
+        turn = await self._continue_session(request, endpoint, body, agent, key)
         upstream_body = payload.prepare(endpoint, body, agent)
         await self._guard.admit(
             exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope
         )
         hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
+        # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
+        simulated = stream and not agent.streams
+        if simulated:
+            if endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
+                raise BadRequest(f"Model `{agent.name}` does not stream on {endpoint.path}.", param="stream")
+            upstream_body["stream"] = False
+            upstream_body.pop("stream_options", None)
         upstream_request = UpstreamRequest(
             agent=agent,
             path=endpoint.path,
             payload=upstream_body,
-            stream=stream,
+            stream=stream and not simulated,
             headers=forward_headers(request.scope["headers"], exchange.request_id),
         )
         response = await self._upstream_for(agent.provider).send(upstream_request)
         exchange.upstream_status = response.status
+        if simulated:
+            response = await simulate.replay(response, endpoint, agent.streaming)
         if stream and response.status < 300 and response.content_type == "text/event-stream":
             meter = usage.StreamMeter(hide_usage=hide_usage)
             prompt_estimate = usage.estimate_prompt_tokens(upstream_body)
-            return StreamRelay(response, meter, exchange, prompt_estimate, ends_with_done=endpoint.ends_with_done)
-        return await buffered(response, exchange)
+            relay = StreamRelay(response, meter, exchange, prompt_estimate, ends_with_done=endpoint.ends_with_done)
+            if turn is not None:
+                relay.keep_reply(turn)
+            return relay
+        return await buffered(response, exchange, turn)
+
+    async def _continue_session(
+        self, request: Request, endpoint: Endpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
+    ) -> Turn | None:
+        """The session the request names, if any: its history goes in front of the client's messages."""
+        session_id = requested_id(request.scope["headers"], body)
+        if session_id is None:
+            return None
+        if endpoint is not Endpoint.CHAT:
+            raise BadRequest("Sessions work with /v1/chat/completions only.", param="session_id")
+        messages = payload.messages_of(body)
+        turn = await self._sessions.open(agent, key.id if key is not None else None, session_id)
+        exchange = exchange_of(request.scope)
+        exchange.session_id = turn.session.id
+        exchange.session_storage = turn.storage
+        turn.new_messages = list(messages)
+        body["messages"] = [*turn.history, *messages]
+        return turn
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -88,8 +132,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def buffered(upstream: UpstreamResponse, exchange: Exchange) -> Response:
-    """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not."""
+async def buffered(upstream: UpstreamResponse, exchange: Exchange, turn: Turn | None = None) -> Response:
+    """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not. A
+    session's turn is stored before the answer goes out, so the client's next turn finds it."""
     body = await upstream.read()
     parsed = _json(body)
     if upstream.status < 300:
@@ -99,6 +144,8 @@ async def buffered(upstream: UpstreamResponse, exchange: Exchange) -> Response:
         if counted is not None:
             exchange.prompt_tokens = counted.prompt_tokens
             exchange.completion_tokens = counted.completion_tokens
+        if turn is not None:
+            await turn.store_reply(reply_from_completion(parsed) if isinstance(parsed, dict) else None)
     elif not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
         body = orjson.dumps(upstream_error_payload(upstream.status, body))
     # Both kinds are JSON now, whatever content type the upstream claimed.

@@ -12,6 +12,8 @@ from starlette.types import Receive, Scope, Send
 from gateway import sse
 from gateway.errors import UpstreamBadResponse, UpstreamError
 from gateway.exchange import Exchange
+from gateway.sessions.assembly import ReplyAssembler
+from gateway.sessions.service import Turn
 from gateway.upstream import UpstreamResponse
 from gateway.usage import StreamMeter
 
@@ -46,6 +48,14 @@ class StreamRelay(Response):
         self.background = None
         self.outcome = "started"
         self.started = False
+        self.turn: Turn | None = None
+        self.assembler: ReplyAssembler | None = None
+
+    def keep_reply(self, turn: Turn) -> None:
+        """Assemble the reply from the events relayed, and store it in the session before `[DONE]` goes out: the
+        client's next turn, sent as soon as it has read `[DONE]`, finds this one."""
+        self.turn = turn
+        self.assembler = ReplyAssembler()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -61,6 +71,8 @@ class StreamRelay(Response):
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
             self.exchange.stream = self.outcome
+            if self.outcome != "completed":
+                await self._keep_partial()
             if self.started:  # whatever reached the client is charged: the upstream's usage, else an estimate
                 counted = self.meter.result(self.prompt_estimate)
                 self.exchange.prompt_tokens = counted.prompt_tokens
@@ -74,6 +86,8 @@ class StreamRelay(Response):
             async for chunk in self.upstream.iter_chunks():
                 events, pending = sse.split_events(pending + chunk if pending else chunk)
                 events = self.meter.feed(events) if events else events
+                if events and self.assembler is not None:
+                    await self._follow(events)
                 if events:
                     if not self.started:
                         await self._start(send)
@@ -92,6 +106,21 @@ class StreamRelay(Response):
             return
         self.outcome = "completed"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _follow(self, events: bytes) -> None:
+        assert self.assembler is not None
+        assert self.turn is not None
+        self.assembler.feed(events)
+        if sse.ends_with_done(events):
+            await self.turn.store_reply(self.assembler.message())
+
+    async def _keep_partial(self) -> None:
+        """A turn that failed or was cancelled is stored only if the agent asks for it, and only with a reply."""
+        if self.turn is None or self.assembler is None or self.turn.stored or not self.turn.spec.store_partial:
+            return
+        reply = self.assembler.message()
+        if reply is not None:
+            await self.turn.store_reply(reply)
 
     async def _start(self, send: Send) -> None:
         # Sent with the first event rather than with the upstream's headers: until an event has arrived, a failure

@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     rate_limit_failure: Literal["open", "closed"] = Field(
         default="open", description="Redis unreachable: open = in-process buckets meanwhile, closed = 503."
     )
+    session_storage: Literal["memory", "redis"] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GATEWAY_SESSION_STORAGE", "SESSION_STORAGE"),
+        description="Where sessions live for agents that do not say; default: the same as GATEWAY_STORE.",
+    )
+    session_ttl: int = Field(
+        default=3600,
+        gt=0,
+        validation_alias=AliasChoices("GATEWAY_SESSION_TTL", "SESSION_TTL"),
+        description="Seconds a session lives after its last use, for agents without session.ttl_seconds.",
+    )
     queue_timeout: float = Field(default=5.0, ge=0, description="Seconds to wait for a concurrency slot.")
     default_max_tokens: int = Field(default=1024, gt=0, description="Output tokens reserved when nothing says.")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(

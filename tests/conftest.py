@@ -29,6 +29,7 @@ agents:
       max_tokens: 50
       timeout: 5
     system_prompt: "You are a test agent."
+    session: {{enabled: true, max_history: 50}}
   - name: test-slow
     llm: {{provider: openai-compatible, model: slow, base_url: "{upstream}/v1", timeout: 0.5}}
   - name: test-dead

@@ -59,11 +59,12 @@ def test_client_fields_win_over_agent_defaults(client: openai.OpenAI, upstream: 
 
 def test_upstream_gets_the_agent_key_never_the_client_key(client: openai.OpenAI, upstream: Process) -> None:
     headers = behave()
+    session = client.post("/sessions", body={"model": "test-chat"}, cast_to=dict)
     client.chat.completions.create(
         model="test-alias",
         messages=[{"role": "user", "content": "hi"}],
         extra_headers={**headers, "x-custom-header": "kept", "cookie": "session=secret"},
-        extra_body={"session_id": "gateway-only"},
+        extra_body={"session_id": session["session_id"]},
     )
     sent = seen_upstream(upstream, headers["x-request-id"])
     assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"

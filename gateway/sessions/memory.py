@@ -28,7 +28,9 @@ class MemorySessionStore:
     # Nothing here can be unavailable.
     errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int | None = None) -> None:
+        # A cap makes this a cache (the Redis fallback's mirror): past it, the least recently used session goes.
+        self._max_sessions = max_sessions
         self._sessions: dict[str, Session] = {}
         self._messages: dict[str, builtins.list[dict[str, Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -46,15 +48,29 @@ class MemorySessionStore:
     async def create(self, session: Session) -> None:
         if time.monotonic() - self._swept_at >= _SWEEP_EVERY:
             self._sweep()
+        self._put(session, [])
+
+    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
+        self._put(session, _copy(messages))
+
+    def _put(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
+        self._sessions.pop(session.id, None)  # re-inserted last, as in `get`
         self._sessions[session.id] = session
-        self._messages[session.id] = []
+        self._messages[session.id] = messages
+        if self._max_sessions is not None and len(self._sessions) > self._max_sessions:
+            self._drop(next(iter(self._sessions)))
 
     async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
         session = self._alive(session_id)
         if session is None:
             return None
-        session = self._sessions[session_id] = session.touched(utcnow())
-        return session, _copy(self._messages[session_id])
+        session = session.touched(utcnow())
+        messages = self._messages.pop(session_id)
+        del self._sessions[session_id]
+        # Re-inserted last: dicts keep insertion order, which is the least-recently-used order for the cap.
+        self._sessions[session_id] = session
+        self._messages[session_id] = messages
+        return session, _copy(messages)
 
     async def append(
         self,

@@ -63,11 +63,17 @@ local function touch()
     return ttl
 end
 """
-# KEYS: the record, the owner's index, the global index. ARGV: the fields (data, owner, ttl_ms, expires), the id,
-# the score, the record key without the id (to check sampled index members).
+# KEYS: the record, the owner's index, the global index, the messages. ARGV: the fields (data, owner, ttl_ms,
+# expires), the id, the score, the record key without the id (to check sampled index members), the sample size,
+# then the messages (a restore; none for a new session). `trims` only grows, so that a rewrite planned on the
+# history before a restore never applies to the restored one.
 _CREATE = """
-redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'ttl_ms', ARGV[3], 'expires', ARGV[4], 'trims', 0)
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'ttl_ms', ARGV[3], 'expires', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'trims', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('DEL', KEYS[4])
+for i = 9, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+if #ARGV >= 9 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 for i = 2, 3 do
     for _, member in ipairs(redis.call('ZRANDMEMBER', KEYS[i], ARGV[8])) do
         if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('ZREM', KEYS[i], member) end
@@ -166,7 +172,10 @@ class RedisSessionStore:
         return f"{self._prefix}all"
 
     async def create(self, session: Session) -> None:
-        keys = [self._record(session.id), self._owner(session.key_id), self._all()]
+        await self.restore(session, [])
+
+    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
+        keys = [self._record(session.id), self._owner(session.key_id), self._all(), self._history(session.id)]
         args: builtins.list[bytes | str | int] = [
             orjson.dumps(session.to_json()),
             session.key_id or ANONYMOUS,
@@ -176,6 +185,7 @@ class RedisSessionStore:
             _micros(session.created_at),
             self._record(""),
             _PRUNE_SAMPLE,
+            *(orjson.dumps(message) for message in messages),
         ]
         await self._script(_CREATE)(keys=keys, args=args)
 

@@ -125,6 +125,9 @@ class SessionStore(Protocol):
 
     async def create(self, session: Session) -> None: ...
 
+    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
+        """Put `session` with exactly `messages` as its history, replacing whatever was stored under its id."""
+
     async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
         """The session (its TTL refreshed) and its messages, oldest first; None if unknown or expired."""
 
