@@ -36,6 +36,22 @@ agents:
     llm: {{provider: openai-compatible, model: dead, base_url: "http://127.0.0.1:{dead_port}/v1", timeout: 2}}
   - name: test-nokey
     llm: {{provider: openai-compatible, model: x, base_url: "{upstream}/v1", api_key_env: TEST_KEY_NOT_SET}}
+  - name: test-bounded
+    llm: {{provider: openai-compatible, model: bounded, base_url: "{upstream}/v1"}}
+    session: {{enabled: true, max_history: 4}}
+  - name: test-token-bounded
+    llm: {{provider: openai-compatible, model: bounded, base_url: "{upstream}/v1"}}
+    session: {{enabled: true, max_history: 100, max_history_tokens: 60}}
+  - name: test-auto
+    llm: {{provider: openai-compatible, model: auto, base_url: "{upstream}/v1"}}
+    session: {{enabled: true, auto_create: true, ttl_seconds: 1}}
+  - name: test-partial
+    llm: {{provider: openai-compatible, model: partial, base_url: "{upstream}/v1"}}
+    session: {{enabled: true, store_partial: true}}
+  - name: test-nostream
+    llm: {{provider: openai-compatible, model: whole, base_url: "{upstream}/v1", supports_streaming: false}}
+    streaming: {{chunk_size: 2, delay: 0}}
+    session: {{enabled: true}}
   - name: demo
     llm: {{provider: mock}}
     streaming: {{chunk_size: 2, delay: 0}}

@@ -46,7 +46,7 @@ def test_check_prints_the_route_table_of_the_bundled_config(capsys: pytest.Captu
     lines = out.splitlines()
     assert code == 0
     assert lines[0].split() == ["AGENT", "ALIASES", "PROVIDER", "UPSTREAM", "MODEL", "BASE", "URL", "FEATURES"]
-    assert lines[1].split() == ["demo", "demo-mock", "mock", "-", "(built", "in)", "streaming,system-prompt"]
+    assert lines[1].split() == ["demo", "demo-mock", "mock", "-", "(built", "in)", "sessions,streaming,system-prompt"]
     assert f"1 agent(s) loaded from {BUNDLED_CONFIG}" in out
     assert err == ""
 

@@ -10,6 +10,7 @@ Each request may carry `x-test-behaviour: <json>` (the gateway forwards it) sayi
     {"no_usage": true}        stream: ignore `stream_options.include_usage` (as some servers do)
     {"raw": "..."}            stream: send exactly these bytes as the body (split in two writes)
     {"not_json": true}        answer 200 with a body that is not JSON
+    {"tool_call": true}       answer with a call of tool `lookup` (streamed in pieces when streaming)
 Every request is recorded under its `x-request-id`: GET /_requests/{id} returns the path, headers, body, and
 `state` (`answering`, `holding`, `finished`, `disconnected`).
 
@@ -91,9 +92,40 @@ async def _respond(
         )
     if behaviour.get("not_json"):
         return web.Response(text="<html>definitely not json</html>", content_type="text/html")
+    if behaviour.get("tool_call"):
+        return await _tool_call(request, body)
     if body.get("stream"):
         return await _stream(request, request_id, body, behaviour, record)
     return web.json_response(_whole(request.path, body), headers={"x-request-id": "up-" + request_id})
+
+
+ARGUMENTS = '{"city": "Paris"}'
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ARGUMENTS}}
+
+
+async def _tool_call(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        completion = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "up",
+                      "choices": [choice], "usage": usage}  # fmt: skip
+        return web.json_response(completion)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    opening = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+    deltas = [
+        {"role": "assistant", "content": None, "tool_calls": [opening]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": ARGUMENTS[:8]}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": ARGUMENTS[8:]}}]},
+    ]
+    for delta in deltas:
+        chunk = {**chat_chunk(None), "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await response.write(b"data: " + json.dumps(chat_chunk(None, "tool_calls")).encode() + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def _whole(path: str, body: dict[str, Any]) -> dict[str, Any]:
