@@ -164,6 +164,35 @@ class UsageReset(BaseModel):
     reset: bool
 
 
+class SessionOut(BaseModel):
+    session_id: str
+    model: str
+    user_id: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    key_id: str | None = Field(description="The key that owns it; null when auth is off.")
+
+
+class SessionWithMessages(SessionOut):
+    messages: list[dict[str, Any]] = Field(description="The stored history, oldest first (no system prompt).")
+
+
+class SessionList(BaseModel):
+    object: str = "list"
+    data: list[SessionOut]
+    total: int
+    offset: int
+    limit: int
+    has_more: bool
+
+
+class SessionDeleted(BaseModel):
+    session_id: str
+    object: str = "session.deleted"
+    deleted: bool
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -177,7 +206,7 @@ class Error(BaseModel):
 
 _SCHEMAS: tuple[type[BaseModel], ...] = (
     KeyCreate, KeyUpdate, Rotate, KeyOut, KeyWithSecret, KeyList, KeyUsage, AllUsage, RouteList, Reloaded,
-    UsageReset, Error,
+    UsageReset, SessionWithMessages, SessionList, SessionDeleted, Error,
 )  # fmt: skip
 
 # (method, path, summary, request body model, success status, response model, extra query parameters)
@@ -198,7 +227,14 @@ _OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str, ...]], 
     ("get", "/admin/routes", "The route table in force (keys masked)", None, 200, "RouteList", ()),
     ("post", "/admin/reload", "Re-read the route config; a bad one is refused and the old one stays", None, 200,
      "Reloaded", ()),
+    ("get", "/admin/sessions", "Every key's sessions, newest first; `key_id` narrows to one key's", None, 200,
+     "SessionList", ("key_id", "user_id", "model", "offset", "limit")),
+    ("get", "/admin/sessions/{session_id}", "A session with its messages, whoever owns it", None, 200,
+     "SessionWithMessages", ()),
+    ("delete", "/admin/sessions/{session_id}", "Delete a session, whoever owns it", None, 200, "SessionDeleted", ()),
 )  # fmt: skip
+# What a 404 means, per path parameter.
+_MISSING = {"key_id": "No such key", "session_id": "No such session (or it has expired)"}
 
 
 def openapi_document(version: str) -> dict[str, Any]:
@@ -210,12 +246,13 @@ def openapi_document(version: str) -> dict[str, Any]:
         schemas[model.__name__] = schema
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, body, status, response, query in _OPERATIONS:
+        missing = next((text for name, text in _MISSING.items() if f"{{{name}}}" in path), None)
         operation: dict[str, Any] = {
             "summary": summary,
             "responses": {
                 str(status): _content(response, "Success"),
                 "401": _content("Error", "Missing or wrong admin key"),
-                **({"404": _content("Error", "No such key")} if "{key_id}" in path else {}),
+                **({"404": _content("Error", missing)} if missing else {}),
                 **({"400": _content("Error", "A query parameter is not valid")} if query else {}),
                 **(
                     {"400": _content("Error", "The new config is not valid; the old one keeps serving")}
@@ -226,8 +263,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                 **({"422": _content("Error", "The body is not valid; `param` names the field")} if body else {}),
             },
         }
-        parameters = [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}]
-        parameters = parameters if "{key_id}" in path else []
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _MISSING
+            if f"{{{name}}}" in path
+        ]
         parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in query]
         if parameters:
             operation["parameters"] = parameters

@@ -279,7 +279,8 @@ def test_routes_mask_keys_and_openapi_describes_every_route(keyed: Process, admi
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == {
         "/admin/keys", "/admin/keys/{key_id}", "/admin/keys/{key_id}/rotate", "/admin/keys/{key_id}/usage",
-        "/admin/keys/{key_id}/usage/reset", "/admin/usage", "/admin/routes", "/admin/reload",
+        "/admin/keys/{key_id}/usage/reset", "/admin/usage", "/admin/routes", "/admin/reload", "/admin/sessions",
+        "/admin/sessions/{session_id}",
     }  # fmt: skip
 
 
