@@ -66,16 +66,16 @@ class Proxy:
         exchange.agent = agent.name
         authorize(key, model, agent.name)
         turn = await self._continue_session(request, endpoint, body, agent, key)
+        # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
+        simulated = stream and not agent.streams
+        if simulated and endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
+            raise BadRequest(f"Model `{agent.name}` does not stream on {endpoint.path}.", param="stream")
         upstream_body = payload.prepare(endpoint, body, agent)
         await self._guard.admit(
             exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope
         )
         hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
-        # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
-        simulated = stream and not agent.streams
         if simulated:
-            if endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
-                raise BadRequest(f"Model `{agent.name}` does not stream on {endpoint.path}.", param="stream")
             upstream_body["stream"] = False
             upstream_body.pop("stream_options", None)
         upstream_request = UpstreamRequest(

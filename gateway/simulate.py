@@ -35,8 +35,9 @@ def chat_events(completion: dict[str, Any], chunk_size: int) -> list[bytes]:
         index = choice.get("index", position)
         message = choice["message"] if isinstance(choice.get("message"), dict) else {}
         role = message.get("role") if isinstance(message.get("role"), str) else "assistant"
-        events.append(_chunk(base, index, {"role": role, "content": ""}))
         content = message.get("content")
+        # As OpenAI streams it: an empty string to start a text, null for a reply that is only tool calls.
+        events.append(_chunk(base, index, {"role": role, "content": "" if isinstance(content, str) else None}))
         for piece in split_words(content, chunk_size) if isinstance(content, str) else []:
             events.append(_chunk(base, index, {"content": piece}))
         if isinstance(message.get("refusal"), str):

@@ -53,6 +53,7 @@ class FallbackSessionStore:
         self._down_since: float | None = None
         self._tried_at = 0.0
         self._dirty: set[str] = set()  # ids changed in the mirror only: to write back
+        self._deleted: set[str] = set()  # ids deleted while the primary was away: to delete there too
         self._recovering = asyncio.Lock()
         self.fallbacks = 0  # operations served by the mirror because the primary failed
 
@@ -72,11 +73,13 @@ class FallbackSessionStore:
     async def create(self, session: Session) -> None:
         if isinstance(await self._try(lambda: self.primary.create(session)), _Failed):
             self._dirty.add(session.id)
+            self._deleted.discard(session.id)
         await self.mirror.create(session)
 
     async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
         if isinstance(await self._try(lambda: self.primary.restore(session, messages)), _Failed):
             self._dirty.add(session.id)
+            self._deleted.discard(session.id)
         await self.mirror.restore(session, messages)
 
     async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
@@ -127,7 +130,8 @@ class FallbackSessionStore:
         deleted = await self._try(lambda: self.primary.delete(session_id))
         in_mirror = await self.mirror.delete(session_id)
         if isinstance(deleted, _Failed):
-            self._dirty.add(session_id)  # written back as a delete: the mirror no longer has it
+            self._dirty.add(session_id)
+            self._deleted.add(session_id)
             return in_mirror
         return deleted
 
@@ -170,11 +174,16 @@ class FallbackSessionStore:
             while self._dirty:
                 session_id = next(iter(self._dirty))
                 found = await self.mirror.get(session_id)
-                if found is None:
+                if session_id in self._deleted:
                     await self.primary.delete(session_id)
-                else:
+                elif found is not None:
                     await self.primary.restore(*found)
+                else:
+                    # Expired, or pushed out of the mirror by newer sessions: what the primary holds stays.
+                    logger.info("session %s changed while %s was away but is no longer mirrored", session_id,
+                                self._label)  # fmt: skip
                 self._dirty.discard(session_id)
+                self._deleted.discard(session_id)
             # Nothing to say when the set was empty: another request wrote everything back while we waited.
 
 

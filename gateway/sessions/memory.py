@@ -93,6 +93,8 @@ class MemorySessionStore:
             history = self._messages[session_id] + added
             if max_messages is not None or max_tokens is not None:
                 history = bound(history, max_messages=max_messages, max_tokens=max_tokens)
+            # Re-inserted last: a write is a use, for the least-recently-used cap as for the TTL.
+            del self._sessions[session_id], self._messages[session_id]
             self._messages[session_id] = history
             self._sessions[session_id] = session.touched(utcnow())
         return True

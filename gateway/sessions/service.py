@@ -37,11 +37,15 @@ class Turn:
     stored: bool = False
 
     async def store_reply(self, reply: dict[str, Any] | None) -> None:
-        """Add the turn's messages and `reply` to the session in one append; once per turn."""
+        """Add the turn's messages and `reply` to the session in one append; once per turn. Without a reply
+        nothing is stored: a question left unanswered in the history would confuse every later turn."""
         if self.stored:
             return
         self.stored = True
-        messages = [*self.new_messages, *([reply] if reply is not None else [])]
+        if reply is None:
+            logger.warning("session %s: the upstream's answer held no message; the turn is not stored", self.session.id)
+            return
+        messages = [*self.new_messages, reply]
         kept = await self.store.append(
             self.session.id, messages, max_messages=self.spec.max_history, max_tokens=self.spec.max_history_tokens
         )
