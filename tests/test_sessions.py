@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,22 @@ from tests.support.processes import Process
 from tests.support.redis import RedisServer, start_redis
 from tests.test_keys import ADMIN_KEY, Admin, keyed_gateway, sdk
 from tests.test_proxy import behave, seen_upstream
+
+Connect = Callable[[Process, str], openai.OpenAI]
+
+
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """Makes SDK clients for a gateway and a key, and closes them after the test."""
+    opened: list[openai.OpenAI] = []
+
+    def make(gateway: Process, key: str = "unused") -> openai.OpenAI:
+        opened.append(sdk(gateway, key))
+        return opened[-1]
+
+    yield make
+    for client in opened:
+        client.close()
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -213,6 +229,10 @@ def test_failed_turns_store_nothing_unless_the_agent_keeps_partial_replies(
 
 
 def test_twenty_concurrent_turns_on_one_session_lose_nothing(client: openai.OpenAI) -> None:
+    twenty_concurrent_turns(client)
+
+
+def twenty_concurrent_turns(client: openai.OpenAI) -> None:
     session_id = new_session(client)
 
     def turn(number: int) -> None:
@@ -284,13 +304,13 @@ def test_a_stream_is_simulated_for_an_upstream_that_cannot_stream(client: openai
 
 
 def test_another_key_cannot_see_or_use_a_session_and_the_admin_can(
-    upstream: Process, tmp_path_factory: pytest.TempPathFactory
+    connect: Connect, upstream: Process, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     gateway = keyed_gateway(upstream, tmp_path_factory.mktemp("sessions-keys"))
     admin = Admin(gateway)
     try:
-        owner = sdk(gateway, admin.create()["secret"])
-        other = sdk(gateway, admin.create()["secret"])
+        owner = connect(gateway, admin.create()["secret"])
+        other = connect(gateway, admin.create()["secret"])
         session_id = new_session(owner, user_id="alice")
         owner.chat.completions.create(
             model="test-chat", messages=user("mine"), extra_headers={"x-session-id": session_id}
@@ -322,14 +342,14 @@ def test_another_key_cannot_see_or_use_a_session_and_the_admin_can(
 
 
 def test_history_counts_against_the_key_token_bucket(
-    upstream: Process, tmp_path_factory: pytest.TempPathFactory
+    connect: Connect, upstream: Process, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     gateway = keyed_gateway(upstream, tmp_path_factory.mktemp("sessions-tokens"))
     admin = Admin(gateway)
     try:
         limits = {"limits": {"tpm": 100_000}}
-        with_history = sdk(gateway, admin.create(**limits)["secret"])
-        without = sdk(gateway, admin.create(**limits)["secret"])
+        with_history = connect(gateway, admin.create(**limits)["secret"])
+        without = connect(gateway, admin.create(**limits)["secret"])
         session_id = new_session(with_history)
         with_history.chat.completions.create(
             model="test-chat", messages=user("x" * 4000), extra_headers={"x-session-id": session_id}
@@ -360,11 +380,11 @@ def redis_gateway(upstream: Process, directory: Path, server: RedisServer) -> Pr
 
 
 def test_redis_sessions_survive_a_restart_and_are_shared_by_replicas(
-    upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
+    connect: Connect, upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
 ) -> None:
     first = redis_gateway(upstream, tmp_path / "a", redis_for_sessions)
     try:
-        client = sdk(first, "unused")
+        client = connect(first, "unused")
         session_id = new_session(client)
         raw = client.chat.completions.with_raw_response.create(
             model="test-chat", messages=user("remember me"), extra_headers={"x-session-id": session_id}
@@ -375,22 +395,22 @@ def test_redis_sessions_survive_a_restart_and_are_shared_by_replicas(
     second = redis_gateway(upstream, tmp_path / "b", redis_for_sessions)
     replica = redis_gateway(upstream, tmp_path / "c", redis_for_sessions)
     try:
-        completion = sdk(second, "unused").chat.completions.create(
+        completion = connect(second, "unused").chat.completions.create(
             model="test-chat", messages=user("still there?"), extra_headers={"x-session-id": session_id}
         )
         assert completion.choices[0].message.content == "upstream heard 4 messages; last: still there?"
-        assert contents(stored(sdk(replica, "unused"), session_id))[::2] == ["remember me", "still there?"]
+        assert contents(stored(connect(replica, "unused"), session_id))[::2] == ["remember me", "still there?"]
     finally:
         second.stop()
         replica.stop()
 
 
 def test_redis_killed_mid_conversation_falls_back_to_memory_and_writes_back_when_it_returns(
-    upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
+    connect: Connect, upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
 ) -> None:
     gateway = redis_gateway(upstream, tmp_path / "a", redis_for_sessions)
     try:
-        client = sdk(gateway, "unused")
+        client = connect(gateway, "unused")
         session_id = new_session(client)
         client.chat.completions.create(
             model="test-chat", messages=user("one"), extra_headers={"x-session-id": session_id}
@@ -412,9 +432,35 @@ def test_redis_killed_mid_conversation_falls_back_to_memory_and_writes_back_when
         # Redis itself holds the whole conversation again: a fresh gateway reads it from there.
         fresh = redis_gateway(upstream, tmp_path / "b", redis_for_sessions)
         try:
-            assert contents(stored(sdk(fresh, "unused"), session_id))[::2] == ["one", "two", "three"]
+            assert contents(stored(connect(fresh, "unused"), session_id))[::2] == ["one", "two", "three"]
         finally:
             fresh.stop()
     finally:
         gateway.stop()
     assert ADMIN_KEY not in gateway.log()
+
+
+def test_twenty_concurrent_turns_on_one_redis_session_across_two_replicas_lose_nothing(
+    connect: Connect, upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
+) -> None:
+    first = redis_gateway(upstream, tmp_path / "a", redis_for_sessions)
+    second = redis_gateway(upstream, tmp_path / "b", redis_for_sessions)
+    try:
+        clients = [connect(first, "unused"), connect(second, "unused")]
+        session_id = new_session(clients[0])
+
+        def turn(number: int) -> None:
+            clients[number % 2].chat.completions.create(
+                model="test-chat", messages=user(f"turn {number}"), extra_headers={"x-session-id": session_id}
+            )
+
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(turn, range(20)))
+        history = stored(clients[1], session_id)
+        assert len(history) == 40
+        assert sorted(m["content"] for m in history[::2]) == sorted(f"turn {n}" for n in range(20))
+        for question, answer in zip(history[::2], history[1::2], strict=True):
+            assert answer["content"].endswith(f"last: {question['content']}")
+    finally:
+        first.stop()
+        second.stop()
