@@ -464,3 +464,23 @@ def test_twenty_concurrent_turns_on_one_redis_session_across_two_replicas_lose_n
     finally:
         first.stop()
         second.stop()
+
+
+def test_malformed_session_and_chat_bodies_get_openai_shaped_400s(gateway: Process) -> None:
+    with httpx.Client(base_url=gateway.url) as http:
+        for path, body in [
+            ("/v1/sessions", b"{not json"),
+            ("/v1/sessions", b""),
+            ("/v1/sessions", b'{"model": 7}'),
+            ("/v1/sessions", b'{"model": "test-chat", "surprise": 1}'),
+            ("/v1/chat", b'{"agent_name": "test-chat", "message": ["not", "text"]}'),
+            ("/v1/chat", b"[]"),
+        ]:
+            answer = http.post(path, content=body, headers={"content-type": "application/json"})
+            assert answer.status_code == 400, (path, body, answer.text)
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error"
+            assert error["message"]
+        paged = http.get("/v1/sessions", params={"limit": "lots"})
+        assert paged.status_code == 400
+        assert paged.json()["error"]["param"] == "limit"
