@@ -184,6 +184,11 @@ class Runtime:
                 self.guard.limiter.name,
                 "on" if settings.admin_key else "off (set GATEWAY_ADMIN_KEY)",
             )
+            kept = {
+                agent.name: self.sessions.describe(agent) for agent in self.routes.agents if agent.spec.session.enabled
+            }
+            if kept:
+                logger.info("sessions: %s", ", ".join(f"{name} in {where}" for name, where in kept.items()))
             for problem in self.routes.problems():
                 logger.warning("%s", problem)
             for agent in self.routes.agents:
@@ -251,7 +256,11 @@ class Endpoints:
         if not await self.runtime.store.ping():
             problems.append(f"the {self.runtime.store.name} store is not reachable")
         status = "ready" if not problems else "not_ready"
-        body = {"status": status, "agents": len(self.runtime.routes.agents), "problems": problems}
+        body: dict[str, Any] = {"status": status, "agents": len(self.runtime.routes.agents), "problems": problems}
+        # Sessions whose Redis is away are served from memory meanwhile: worth showing, not a reason to be unready.
+        sessions = self.runtime.sessions.status()
+        if sessions:
+            body["sessions"] = sessions
         return JSONResponse(body, status_code=503 if problems else 200)
 
 

@@ -78,5 +78,5 @@ class AccessLog:
 
 
 _TEXT_FIELDS = frozenset(
-    {"request_id", "key_id", "agent", "upstream_status", "stream", "prompt_tokens", "completion_tokens"}
+    {"request_id", "key_id", "agent", "upstream_status", "stream", "prompt_tokens", "completion_tokens", "session_id"}
 )

@@ -69,7 +69,7 @@ class Proxy:
         # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
         simulated = stream and not agent.streams
         if simulated and endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
-            raise BadRequest(f"Model `{agent.name}` does not stream on {endpoint.path}.", param="stream")
+            raise BadRequest(f"Model `{agent.name}` does not stream on /v1{endpoint.path}.", param="stream")
         upstream_body = payload.prepare(endpoint, body, agent)
         await self._guard.admit(
             exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope

@@ -100,10 +100,12 @@ class SessionsAPI:
         query = request.query_params
         offset = int_param(query.get("offset"), "offset", 0, 0, None)
         limit = int_param(query.get("limit"), "limit", 20, 1, MAX_PAGE)
+        model = query.get("model") or None
+        agent = self._routes().match(model) if model else None
         page, total = await self._sessions.list(
             key_id,
             user_id=query.get("user_id") or None,
-            model=query.get("model") or None,
+            model=agent.name if agent is not None else model,  # sessions keep the agent's name, not an alias
             offset=offset,
             limit=limit,
             all_keys=all_keys,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -56,48 +55,15 @@ class CountingRedisSessionStore(RedisSessionStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.calls = 0
+        for name in ("create", "restore", "get", "append", "list", "delete"):
+            setattr(self, name, self._counted(getattr(self, name)))
 
-    async def create(self, session: Session) -> None:
-        self.calls += 1
-        await super().create(session)
+    def _counted(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return await method(*args, **kwargs)
 
-    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
-        self.calls += 1
-        await super().restore(session, messages)
-
-    async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
-        self.calls += 1
-        return await super().get(session_id)
-
-    async def append(
-        self,
-        session_id: str,
-        messages: builtins.list[dict[str, Any]],
-        *,
-        max_messages: int | None,
-        max_tokens: int | None,
-    ) -> bool:
-        self.calls += 1
-        return await super().append(session_id, messages, max_messages=max_messages, max_tokens=max_tokens)
-
-    async def list(
-        self,
-        *,
-        key_id: str | None,
-        user_id: str | None = None,
-        model: str | None = None,
-        offset: int = 0,
-        limit: int = 20,
-        all_keys: bool = False,
-    ) -> tuple[builtins.list[Session], int]:
-        self.calls += 1
-        return await super().list(
-            key_id=key_id, user_id=user_id, model=model, offset=offset, limit=limit, all_keys=all_keys
-        )
-
-    async def delete(self, session_id: str) -> bool:
-        self.calls += 1
-        return await super().delete(session_id)
+        return counted
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import uuid
@@ -79,6 +80,37 @@ async def test_created_session_is_read_back_with_no_messages(store: SessionStore
     assert got.key_id == "key_a"
     assert got.ttl_seconds == 60
     assert got.expires_at >= session.expires_at
+
+
+async def test_an_id_is_created_once_and_a_second_create_changes_nothing(store: SessionStore) -> None:
+    first = new_session()
+    assert await store.create(first)
+    await store.append(first.id, turn(1), max_messages=None, max_tokens=None)
+    taken = dataclasses.replace(new_session(key_id="key_b"), id=first.id)
+
+    assert not await store.create(taken)
+
+    found = await store.get(first.id)
+    assert found is not None
+    assert found[0].key_id == "key_a"
+    assert found[1] == turn(1)
+
+
+async def test_a_read_for_another_owner_finds_nothing_and_does_not_refresh_the_ttl(store: SessionStore) -> None:
+    session = new_session(ttl_seconds=2)
+    await store.create(session)
+    anonymous = new_session(key_id=None)
+    await store.create(anonymous)
+    before = (await store.list(key_id="key_a"))[0][0].expires_at
+    await asyncio.sleep(0.05)
+
+    assert await store.get(session.id, owner="key_b") is None
+    assert await store.get(session.id, owner=None) is None
+    assert await store.get(anonymous.id, owner="key_a") is None
+
+    assert (await store.list(key_id="key_a"))[0][0].expires_at == before
+    assert await store.get(session.id, owner="key_a") is not None
+    assert await store.get(anonymous.id, owner=None) is not None
 
 
 async def test_unknown_session_is_gone_for_every_method(store: SessionStore) -> None:

@@ -422,6 +422,10 @@ def test_redis_killed_mid_conversation_falls_back_to_memory_and_writes_back_when
         assert raw.headers["x-session-storage"] == "memory"
         assert raw.parse().choices[0].message.content == "upstream heard 4 messages; last: two"
         assert gateway.log().count("is unreachable") == 1
+        # Still serving sessions, so not a readiness problem (the test config has one of its own), but shown.
+        ready = httpx.get(f"{gateway.url}/readyz").json()
+        assert list(ready["sessions"].values()) == ["memory"]
+        assert not [problem for problem in ready["problems"] if "session" in problem or "redis" in problem]
         redis_for_sessions.start()
         time.sleep(1.1)  # the fallback tries Redis again once a second
         raw = client.chat.completions.with_raw_response.create(

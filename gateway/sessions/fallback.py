@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.store import Session, SessionStore
+from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
 
 logger = logging.getLogger("gateway.sessions")
 
@@ -70,11 +70,17 @@ class FallbackSessionStore:
     async def ping(self) -> bool:
         return await self.primary.ping()
 
-    async def create(self, session: Session) -> None:
-        if isinstance(await self._try(lambda: self.primary.create(session)), _Failed):
+    async def create(self, session: Session) -> bool:
+        created = await self._try(lambda: self.primary.create(session))
+        if isinstance(created, _Failed):
+            if not await self.mirror.create(session):
+                return False
             self._dirty.add(session.id)
             self._deleted.discard(session.id)
-        await self.mirror.create(session)
+            return True
+        if created:
+            await self.mirror.restore(session, [])
+        return created
 
     async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
         if isinstance(await self._try(lambda: self.primary.restore(session, messages)), _Failed):
@@ -82,12 +88,15 @@ class FallbackSessionStore:
             self._deleted.discard(session.id)
         await self.mirror.restore(session, messages)
 
-    async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
-        found = await self._try(lambda: self.primary.get(session_id))
+    async def get(
+        self, session_id: str, *, owner: Owner = AnyOwner.ANY
+    ) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
+        found = await self._try(lambda: self.primary.get(session_id, owner=owner))
         if isinstance(found, _Failed):
-            return await self.mirror.get(session_id)
+            return await self.mirror.get(session_id, owner=owner)
         if found is None:
-            await self.mirror.delete(session_id)  # deleted or expired where it lives
+            # Gone where it lives, or someone else's: either way the mirror must not answer for it later.
+            await self.mirror.delete(session_id)
             return None
         session, messages = found
         await self.mirror.restore(session, messages)

@@ -16,7 +16,7 @@ import orjson
 
 from gateway.keys import utcnow
 from gateway.sessions.history import bound
-from gateway.sessions.store import Session
+from gateway.sessions.store import AnyOwner, Owner, Session
 
 # Expired sessions nobody asks for again are swept on `create` at most this often (seconds), so memory stays
 # bounded without a background task and without scanning every session on every create.
@@ -45,10 +45,13 @@ class MemorySessionStore:
     async def ping(self) -> bool:
         return True
 
-    async def create(self, session: Session) -> None:
+    async def create(self, session: Session) -> bool:
         if time.monotonic() - self._swept_at >= _SWEEP_EVERY:
             self._sweep()
+        if self._alive(session.id) is not None:
+            return False
         self._put(session, [])
+        return True
 
     async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
         self._put(session, _copy(messages))
@@ -60,9 +63,11 @@ class MemorySessionStore:
         if self._max_sessions is not None and len(self._sessions) > self._max_sessions:
             self._drop(next(iter(self._sessions)))
 
-    async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
+    async def get(
+        self, session_id: str, *, owner: Owner = AnyOwner.ANY
+    ) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
         session = self._alive(session_id)
-        if session is None:
+        if session is None or (owner is not AnyOwner.ANY and session.key_id != owner):
             return None
         session = session.touched(utcnow())
         messages = self._messages.pop(session_id)

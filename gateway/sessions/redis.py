@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from gateway.keys import utcnow
 from gateway.redis_connection import RedisConnection
 from gateway.sessions.history import bound
-from gateway.sessions.store import Session
+from gateway.sessions.store import AnyOwner, Owner, Session
 from gateway.store.base import ANONYMOUS
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -65,15 +65,16 @@ end
 """
 # KEYS: the record, the owner's index, the global index, the messages. ARGV: the fields (data, owner, ttl_ms,
 # expires), the id, the score, the record key without the id (to check sampled index members), the sample size,
-# then the messages (a restore; none for a new session). `trims` only grows, so that a rewrite planned on the
-# history before a restore never applies to the restored one.
+# '1' to create only if the id is free (returns 0 if not) or '0' to replace, then the messages of a restore.
+# `trims` only grows, so that a rewrite planned on the history before a restore never applies to the restored one.
 _CREATE = """
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'ttl_ms', ARGV[3], 'expires', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'trims', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[4])
-for i = 9, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
-if #ARGV >= 9 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+for i = 10, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+if #ARGV >= 10 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 for i = 2, 3 do
     for _, member in ipairs(redis.call('ZRANDMEMBER', KEYS[i], ARGV[8])) do
         if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('ZREM', KEYS[i], member) end
@@ -82,10 +83,12 @@ for i = 2, 3 do
 end
 return 1
 """
-# Returns {data, messages}, or false when the session is gone.
+# ARGV[2]: the owner the session must have, or '' for any. Returns {data, messages}, or false when the session is
+# gone or someone else's (then it is not touched).
 _GET = (
     _TOUCH
     + """
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return false end
 if not touch() then return false end
 return {redis.call('HGET', KEYS[1], 'data'), redis.call('LRANGE', KEYS[2], 0, -1)}
 """
@@ -171,10 +174,13 @@ class RedisSessionStore:
     def _all(self) -> str:
         return f"{self._prefix}all"
 
-    async def create(self, session: Session) -> None:
-        await self.restore(session, [])
+    async def create(self, session: Session) -> bool:
+        return await self._put(session, [], only_new=True)
 
     async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
+        await self._put(session, messages, only_new=False)
+
+    async def _put(self, session: Session, messages: builtins.list[dict[str, Any]], *, only_new: bool) -> bool:
         keys = [self._record(session.id), self._owner(session.key_id), self._all(), self._history(session.id)]
         args: builtins.list[bytes | str | int] = [
             orjson.dumps(session.to_json()),
@@ -185,14 +191,18 @@ class RedisSessionStore:
             _micros(session.created_at),
             self._record(""),
             _PRUNE_SAMPLE,
+            1 if only_new else 0,
             *(orjson.dumps(message) for message in messages),
         ]
-        await self._script(_CREATE)(keys=keys, args=args)
+        return bool(await self._script(_CREATE)(keys=keys, args=args))
 
-    async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
+    async def get(
+        self, session_id: str, *, owner: Owner = AnyOwner.ANY
+    ) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
         now = utcnow()
         keys = [self._record(session_id), self._history(session_id)]
-        reply = await self._script(_GET)(keys=keys, args=[_micros(now)])
+        wanted = "" if owner is AnyOwner.ANY else owner or ANONYMOUS
+        reply = await self._script(_GET)(keys=keys, args=[_micros(now), wanted])
         if reply is None:
             return None
         data, messages = reply

@@ -14,7 +14,7 @@ from gateway.agents import Agent, SessionSpec
 from gateway.errors import BadRequest, SessionNotFound
 from gateway.routing import RoutingTable
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.store import Session, SessionStore
+from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
 
 logger = logging.getLogger("gateway.sessions")
 
@@ -91,6 +91,17 @@ class Sessions:
                 await self.store_for(agent)
         return list(self._stores.values())
 
+    def describe(self, agent: Agent) -> str:
+        """Where `agent`'s sessions live, as a log line may say it."""
+        where = self._where(agent)
+        return where if where == "memory" else _describe(where)
+
+    def status(self) -> dict[str, str]:
+        """Each store opened so far and what serves it now: `redis`, or `memory` while Redis is away."""
+        return {
+            (where if where == "memory" else _describe(where)): serving(store) for where, store in self._stores.items()
+        }
+
     async def close(self) -> None:
         for store in self._stores.values():
             await store.close()
@@ -110,7 +121,7 @@ class Sessions:
         session_id: str | None = None,
     ) -> tuple[Session, str]:
         """A new session of `agent` owned by `key_id`, and the storage that holds it."""
-        require_sessions(agent)
+        require_sessions(agent, param="model")
         session = Session.new(
             model=agent.name,
             key_id=key_id,
@@ -121,16 +132,20 @@ class Sessions:
         if session_id is not None:
             session = dataclasses.replace(session, id=session_id)
         store = await self.store_for(agent)
-        await store.create(session)
+        if not await store.create(session):
+            # Only a client-chosen id can be taken (ours are random): by the same key's concurrent first turn,
+            # which the caller reads back, or by another key's session, which must look like nothing.
+            raise SessionNotFound(session.id)
         return session, serving(store)
 
     async def find(
         self, session_id: str, key_id: str | None, *, any_owner: bool = False
     ) -> tuple[Session, list[dict[str, Any]], str]:
         """The session with its messages and storage, wherever it is; 404 unless `key_id` owns it (or `any_owner`)."""
+        owner: Owner = AnyOwner.ANY if any_owner else key_id
         for store in await self._all_stores():
-            found = await store.get(session_id)
-            if found is not None and (any_owner or found[0].key_id == key_id):
+            found = await store.get(session_id, owner=owner)
+            if found is not None:
                 return found[0], found[1], serving(store)
         raise SessionNotFound(session_id)
 
@@ -166,15 +181,16 @@ class Sessions:
         session under that id when the agent sets `auto_create`."""
         spec = require_sessions(agent)
         store = await self.store_for(agent)
-        found = await store.get(session_id)
+        found = await store.get(session_id, owner=key_id)
+        if found is None and spec.auto_create:
+            try:
+                session, storage = await self.create(agent, key_id, session_id=session_id)
+                return Turn(session, [], store, spec, storage)
+            except SessionNotFound:
+                found = await store.get(session_id, owner=key_id)
         if found is None:
-            if not spec.auto_create:
-                raise SessionNotFound(session_id)
-            session, storage = await self.create(agent, key_id, session_id=session_id)
-            return Turn(session, [], store, spec, storage)
-        session, history = found
-        if session.key_id != key_id:
             raise SessionNotFound(session_id)
+        session, history = found
         if session.model != agent.name:
             raise BadRequest(
                 f"Session `{session_id}` is a conversation with model `{session.model}`; "
@@ -184,12 +200,12 @@ class Sessions:
         return Turn(session, history, store, spec, serving(store))
 
 
-def require_sessions(agent: Agent) -> SessionSpec:
+def require_sessions(agent: Agent, *, param: str = "session_id") -> SessionSpec:
     spec = agent.spec.session
     if not spec.enabled:
         raise BadRequest(
             f"Model `{agent.name}` does not keep sessions (its agent file does not set `session.enabled`).",
-            param="session_id",
+            param=param,
         )
     return spec
 

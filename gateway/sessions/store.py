@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import enum
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +13,16 @@ from typing import Any, Protocol
 from gateway.keys import utcnow
 
 SESSION_ID_PREFIX = "sess_"
+
+
+class AnyOwner(enum.Enum):
+    """A read for whoever owns the session (the admin API, the fallback's bookkeeping)."""
+
+    ANY = "any"
+
+
+# Whose session a read is for: a key id, None for the anonymous clients of auth mode `none`, or anyone.
+Owner = str | None | AnyOwner
 
 
 def new_session_id() -> str:
@@ -123,13 +134,17 @@ class SessionStore(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def create(self, session: Session) -> None: ...
+    async def create(self, session: Session) -> bool:
+        """Store a new session with no messages; False (and nothing changed) when a live one has its id."""
 
     async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
         """Put `session` with exactly `messages` as its history, replacing whatever was stored under its id."""
 
-    async def get(self, session_id: str) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
-        """The session (its TTL refreshed) and its messages, oldest first; None if unknown or expired."""
+    async def get(
+        self, session_id: str, *, owner: Owner = AnyOwner.ANY
+    ) -> tuple[Session, builtins.list[dict[str, Any]]] | None:
+        """The session (its TTL refreshed) and its messages, oldest first; None if unknown, expired, or not owned
+        by `owner` (a key id, None for anonymous) when one is given: then it is not touched either."""
 
     async def append(
         self,
