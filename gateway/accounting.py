@@ -7,13 +7,11 @@ import contextlib
 import logging
 from datetime import UTC, date, datetime
 
-from gateway.exchange import Exchange
+from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
 from gateway.store.base import ANONYMOUS, COUNTERS, Store, UsageEvent
 
 logger = logging.getLogger("gateway.accounting")
 
-# What nginx logs for a client that closed the connection before the response; never sent to anyone.
-CLIENT_CLOSED_REQUEST = 499
 # Events kept while the store is unreachable; past this the oldest are dropped (and the loss is logged).
 MAX_PENDING = 100_000
 

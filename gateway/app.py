@@ -35,6 +35,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.guard import Guard
 from gateway.limiter import Limiter, MemoryLimiter
+from gateway.metrics import Metrics
 from gateway.middleware import RequestContextMiddleware
 from gateway.mock import MockUpstream
 from gateway.observability import AccessLog
@@ -118,6 +119,7 @@ class Runtime:
         self.store = store
         self.authenticator = Authenticator(store, "keys", store.cache_ttl)
         self.accountant = Accountant(store)
+        self.metrics = Metrics()
         self.sessions = Sessions(
             self.current_routes,
             default_storage=settings.session_storage or settings.store,
@@ -268,8 +270,16 @@ def _model(model: str, routes: RoutingTable) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": routes.loaded_at, "owned_by": "agent-gateway"}
 
 
+# The refusals of our own limits, by the kind of limit the guard noted.
+_POLICY_CLASSES = {"rate": "policy_rate_limit", "quota": "policy_quota", "concurrency": "policy_concurrency",
+                   "cooldown": "policy_cooldown"}  # fmt: skip
+
+
 async def _render_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    exchange = request.scope.get("state", {}).get("exchange")
+    if isinstance(exchange, Exchange):
+        exchange.error_class = _POLICY_CLASSES.get(exchange.limited or "", exc.error_class)
     response = Response(exc.body(), status_code=exc.status, media_type="application/json")
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         wait = exc.retry_after
@@ -321,7 +331,11 @@ def create_app(
         store=store or make_store(settings),
         limiter=limiter or make_limiter(settings),
     )
-    hooks: list[Callable[[Exchange], None]] = [runtime.guard.finish, runtime.accountant.record]
+    hooks: list[Callable[[Exchange], None]] = [
+        runtime.guard.finish,
+        runtime.accountant.record,
+        runtime.metrics.finished,
+    ]
     # Access lines are INFO: a quieter log level turns them off as it would any logger's.
     if settings.access_log and settings.log_level in ("debug", "info"):
         hooks.append(AccessLog(settings.log_format).write)
@@ -370,6 +384,7 @@ def create_app(
             Route("/v1/models/{model:path}", endpoints.get_model, methods=["GET"]),
             Route("/healthz", endpoints.healthz, methods=["GET"]),
             Route("/readyz", endpoints.readyz, methods=["GET"]),
+            Route("/metrics", runtime.metrics.endpoint, methods=["GET"]),
         ],
         middleware=[Middleware(RequestContextMiddleware, on_complete=hooks)],
         exception_handlers={

@@ -1,7 +1,9 @@
 """The gateway's error tree and how an error becomes an OpenAI-shaped response.
 
 Every error the gateway itself produces is one of these, carrying its HTTP status and the OpenAI ``type``/``code``
-so the OpenAI SDK raises the matching exception::
+so the OpenAI SDK raises the matching exception, and its ``error_class`` for metrics and logs: a closed vocabulary
+whose prefix says whose failure it was (``client_*``, ``policy_*``, ``upstream_*``, ``gateway_*``), so that a
+provider's 429 (``upstream_rate_limited``) is never counted as one of ours (``policy_rate_limit``)::
 
     GatewayError
      ├── ClientError                 the request is wrong or not allowed
@@ -38,6 +40,7 @@ import orjson
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
+    error_class: ClassVar[str] = "gateway_internal"
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = "internal_error"
 
@@ -55,6 +58,7 @@ class GatewayError(Exception):
 
 class ClientError(GatewayError):
     status = 400
+    error_class = "client_bad_request"
     type = "invalid_request_error"
     code: ClassVar[str | None] = None
 
@@ -69,6 +73,7 @@ class InvalidConfig(BadRequest):
 
 class AuthenticationFailed(ClientError):
     status = 401
+    error_class = "client_unauthenticated"
     code = "invalid_api_key"
 
 
@@ -78,11 +83,13 @@ class AdminAuthFailed(AuthenticationFailed):
 
 class PermissionDenied(ClientError):
     status = 403
+    error_class = "client_forbidden"
     code = "model_not_allowed"
 
 
 class NotFound(ClientError):
     status = 404
+    error_class = "client_not_found"
     code = "unknown_url"
 
 
@@ -111,6 +118,7 @@ class SessionNotFound(NotFound):
 
 class MethodNotAllowed(ClientError):
     status = 405
+    error_class = "client_bad_request"
     code = "method_not_allowed"
 
 
@@ -121,6 +129,7 @@ class KeyRevoked(ClientError):
 
 class PayloadTooLarge(ClientError):
     status = 413
+    error_class = "client_too_large"
     code = "request_too_large"
 
 
@@ -131,6 +140,7 @@ class ValidationFailed(ClientError):
 
 class RateLimited(ClientError):
     status = 429
+    error_class = "policy_rate_limit"
     type = "requests"
     code = "rate_limit_exceeded"
 
@@ -147,36 +157,43 @@ class RateLimited(ClientError):
 
 
 class QuotaExceeded(RateLimited):
+    error_class = "policy_quota"
     type = "insufficient_quota"
     code = "insufficient_quota"
 
 
 class UpstreamError(GatewayError):
     status = 502
+    error_class = "upstream_error"
     type = "upstream_error"
     code = "upstream_error"
 
 
 class UpstreamUnreachable(UpstreamError):
+    error_class = "upstream_unreachable"
     code = "upstream_unreachable"
 
 
 class UpstreamBadResponse(UpstreamError):
+    error_class = "upstream_bad_response"
     code = "upstream_bad_response"
 
 
 class UpstreamNotConfigured(UpstreamError):
     status = 503
+    error_class = "upstream_not_configured"
     code = "upstream_not_configured"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+    error_class = "upstream_timeout"
     code = "upstream_timeout"
 
 
 class StoreUnavailable(GatewayError):
     status = 503
+    error_class = "gateway_store_unavailable"
     type = "server_error"
     code = "store_unavailable"
 

@@ -6,6 +6,9 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# What nginx logs for a client that left before its answer; no response is ever sent with it.
+CLIENT_CLOSED_REQUEST = 499
+
 if TYPE_CHECKING:
     from gateway.concurrency import Lease
     from gateway.ratelimit import Charge, Decision
@@ -35,6 +38,31 @@ class Exchange:
     queued: bool = False  # it waited for a concurrency slot
     session_id: str | None = None
     session_storage: str | None = None  # memory | redis: where the session was served from
+    requested_agent: str | None = None  # the agent the model named, when a fallback agent answered instead
+    target: str | None = None  # the upstream target of the last attempt (its name: host, or as configured)
+    attempts: int = 0  # upstream calls made; retries = attempts - 1
+    upstream_ms: float = 0.0  # time spent waiting on the upstream (every attempt, backoff excluded)
+    overhead_ms: float | None = None  # time in the gateway itself until the response started
+    ttfb_ms: float | None = None  # from the request's arrival to the first byte of the response
+    error_class: str | None = None  # the closed vocabulary of errors.py: client_*, policy_*, upstream_*, gateway_*
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def classify(self) -> str | None:
+        """The error class of a finished request, None for a success."""
+        if self.error_class is not None:
+            return self.error_class
+        if self.status == CLIENT_CLOSED_REQUEST or self.stream == "client_disconnected":
+            return "client_disconnected"
+        if self.status < 400:
+            return None
+        if self.upstream_status == self.status:  # the upstream's own answer, relayed
+            if self.status == 429:
+                return "upstream_rate_limited"
+            return "upstream_client_error" if self.status < 500 else "upstream_server_error"
+        return "gateway_internal" if self.status >= 500 else "client_bad_request"
 
     def log_fields(self) -> dict[str, Any]:
         return {
@@ -50,6 +78,12 @@ class Exchange:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "session_id": self.session_id,
+            "requested_agent": self.requested_agent,
+            "target": self.target,
+            "retries": self.retries,
+            "overhead_ms": self.overhead_ms,
+            "ttfb_ms": self.ttfb_ms,
+            "error_class": self.classify(),
         }
 
 

@@ -12,9 +12,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import ratelimit
-from gateway.accounting import CLIENT_CLOSED_REQUEST
 from gateway.errors import InternalError
-from gateway.exchange import Exchange
+from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
 
 error_logger = logging.getLogger("gateway.error")
 
@@ -65,7 +64,14 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                elapsed = (time.perf_counter() - started) * 1000
+                exchange.ttfb_ms = round(elapsed, 3)
+                exchange.overhead_ms = round(max(0.0, elapsed - exchange.upstream_ms), 3)
+                headers = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id),
+                    (b"x-gateway-overhead-ms", f"{exchange.overhead_ms:.2f}".encode()),
+                ]
                 if exchange.ratelimit is not None:
                     headers = with_limit_headers(headers, ratelimit.headers(exchange.ratelimit))
                 if exchange.session_id is not None:
@@ -80,6 +86,7 @@ class RequestContextMiddleware:
             exchange.status = exchange.status or CLIENT_CLOSED_REQUEST  # left mid-body: nobody to answer
         except Exception:
             error_logger.exception("unhandled error", extra={"request_id": exchange.request_id})
+            exchange.error_class = InternalError.error_class
             if not exchange.status:
                 error = InternalError(f"The gateway failed on this request (request id {exchange.request_id}).")
                 start = {"type": "http.response.start", "status": 500, "headers": [(b"content-type", JSON)]}

@@ -66,7 +66,8 @@ class AccessLog:
                 {"time": self._stamp, "level": "INFO", "logger": "gateway.access", "message": message, **fields}
             )
         else:
-            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k in _TEXT_FIELDS)
+            # Only what says something: no `retries=0` on every line of a healthy gateway.
+            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != 0 and k in _TEXT_FIELDS)
             line = f"{self._stamp} INFO gateway.access: {message} {extra}".encode()
         # Looked up on every write so that a redirected stderr (tests, daemons) is honoured.
         stream = getattr(sys.stderr, "buffer", None)
@@ -78,5 +79,19 @@ class AccessLog:
 
 
 _TEXT_FIELDS = frozenset(
-    {"request_id", "key_id", "agent", "upstream_status", "stream", "prompt_tokens", "completion_tokens", "session_id"}
+    [
+        "request_id",
+        "key_id",
+        "agent",
+        "requested_agent",
+        "target",
+        "upstream_status",
+        "stream",
+        "prompt_tokens",
+        "completion_tokens",
+        "session_id",
+        "retries",
+        "overhead_ms",
+        "error_class",
+    ]
 )

@@ -131,6 +131,7 @@ class StreamRelay(Response):
     async def _refuse(self, send: Send, exc: UpstreamError) -> None:
         """The upstream failed before its first event: answer as for a request that never streamed."""
         self.outcome = "upstream_error"
+        self.exchange.error_class = exc.error_class
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
@@ -138,6 +139,7 @@ class StreamRelay(Response):
     async def _fail(self, send: Send, exc: UpstreamError) -> None:
         """The upstream failed mid-stream: the status is sent, so the stream ends with an error event."""
         self.outcome = "upstream_error"
+        self.exchange.error_class = exc.error_class
         await send({"type": "http.response.body", "body": sse.error_event(exc.payload()), "more_body": False})
 
 
