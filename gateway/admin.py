@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import __version__, reports
 from gateway.admin_schema import KeyCreate, KeyUpdate, Rotate, openapi_document
+from gateway.agents import Agent
 from gateway.auth import presented_secret
 from gateway.errors import AdminAuthFailed, BadRequest, ClientError, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
@@ -223,7 +224,7 @@ class AdminAPI:
         return json_response({"reloaded": True, "agents": [agent.name for agent in table.agents]})
 
 
-def _route(agent: Any) -> dict[str, Any]:
+def _route(agent: Agent) -> dict[str, Any]:
     return {
         "name": agent.name,
         "aliases": list(agent.aliases),
@@ -231,8 +232,21 @@ def _route(agent: Any) -> dict[str, Any]:
         "provider": agent.provider,
         "model": agent.upstream_model,
         "base_url": _without_credentials(agent.base_url),
-        "api_key_env": agent.api_key_env,
-        "api_key": "missing" if agent.missing_key else "set",
+        "api_key_env": agent.primary.api_key_env,
+        "api_key": "missing" if agent.primary.missing_key else "set",
+        "targets": [
+            {
+                "name": target.name,
+                "model": target.upstream_model,
+                "base_url": _without_credentials(target.base_url),
+                "api_key_env": target.api_key_env,
+                "api_key": "missing" if target.missing_key else "set",
+                "weight": target.weight,
+            }
+            for target in agent.targets
+        ],
+        "retries": agent.spec.retries,
+        "fallbacks": list(agent.spec.fallbacks),
         "features": agent.features(),
         "timeout": agent.timeout,
         "source": agent.source,

@@ -135,15 +135,27 @@ class AllUsage(BaseModel):
     by_day: list[DayCounters]
 
 
+class RouteTarget(BaseModel):
+    name: str
+    model: str
+    base_url: str
+    api_key_env: str | None
+    api_key: str = Field(description="`set` or `missing`; never the key.")
+    weight: float
+
+
 class Route(BaseModel):
     name: str
     aliases: list[str]
     description: str
     provider: str
-    model: str
-    base_url: str
+    model: str = Field(description="The first target's upstream model.")
+    base_url: str = Field(description="The first target's base URL.")
     api_key_env: str | None
     api_key: str = Field(description="`set` or `missing`; never the key.")
+    targets: list[RouteTarget]
+    retries: int
+    fallbacks: list[str]
     features: list[str]
     timeout: float
     source: str

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +26,31 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TargetSpec(Spec):
+    """One upstream of an agent with several; what it leaves out comes from the `llm` block."""
+
+    name: str | None = Field(default=None, description="For logs and metrics; default: the base URL's host.")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    model: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return self
+
+
+class TimeoutsSpec(Spec):
+    """Seconds; each one breached is a 504 (or an error event once a stream has started)."""
+
+    connect: float | None = Field(default=None, gt=0, description="Default: GATEWAY_UPSTREAM_CONNECT_TIMEOUT.")
+    first_byte: float | None = Field(default=None, gt=0, description="Until the first byte; default: llm.timeout.")
+    idle: float | None = Field(default=None, gt=0, description="Between stream chunks; default: llm.timeout.")
+    total: float | None = Field(default=None, gt=0, description="A whole call; default: llm.timeout, none for streams.")
+
+
 class LLMSpec(Spec):
     provider: Provider = "openai"
     model: str | None = None
@@ -40,14 +67,18 @@ class LLMSpec(Spec):
     max_tokens: int | None = Field(default=None, gt=0)
     defaults: dict[str, Any] = Field(default_factory=dict, description="Other body fields the client may omit.")
     timeout: float = Field(default=60.0, gt=0)
+    timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     supports_streaming: bool = True
+    targets: list[TargetSpec] = Field(default_factory=list, description="Several upstreams, balanced by weight.")
 
     @model_validator(mode="after")
     def _check(self) -> LLMSpec:
-        if self.provider == "openai-compatible" and not self.base_url:
-            raise ValueError("provider 'openai-compatible' needs a base_url")
-        if self.provider != "mock" and not self.model:
-            raise ValueError(f"provider '{self.provider}' needs a model")
+        for index, target in enumerate(self.targets or [TargetSpec()]):
+            where = f"targets[{index}]: " if self.targets else ""
+            if self.provider == "openai-compatible" and not (target.base_url or self.base_url):
+                raise ValueError(f"{where}provider 'openai-compatible' needs a base_url")
+            if self.provider != "mock" and not (target.model or self.model):
+                raise ValueError(f"{where}provider '{self.provider}' needs a model")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         return self
@@ -68,6 +99,16 @@ class StreamingSpec(Spec):
     enabled: bool = True
     chunk_size: int = Field(default=10, gt=0)
     delay: float = Field(default=0.05, ge=0)
+
+
+class CircuitBreakerSpec(Spec):
+    """A target that fails `failures` times within `window` seconds is skipped for `cooldown` seconds, then one
+    request probes it: a success closes the circuit, a failure opens it again."""
+
+    enabled: bool = True
+    failures: int = Field(default=5, gt=0)
+    window: float = Field(default=30.0, gt=0)
+    cooldown: float = Field(default=30.0, gt=0)
 
 
 class RateLimitSpec(Spec):
@@ -104,6 +145,10 @@ class AgentSpec(Spec):
     rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    retries: int = Field(default=2, ge=0, le=10, description="Attempts after the first, on the next healthy target.")
+    retry_backoff: float = Field(default=0.25, ge=0, description="Seconds before the first retry; doubles, jittered.")
+    fallbacks: list[str] = Field(default_factory=list, description="Agents tried in order when every target fails.")
+    circuit_breaker: CircuitBreakerSpec = Field(default_factory=CircuitBreakerSpec)
 
 
 class AgentFile(Spec):
@@ -124,6 +169,31 @@ class AgentFile(Spec):
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream an agent calls: where, as which model, with which key, and how often against the others."""
+
+    name: str
+    base_url: str
+    upstream_model: str
+    api_key_env: str | None
+    api_key: str | None = field(repr=False)
+    weight: float
+
+    @property
+    def missing_key(self) -> bool:
+        return self.api_key_env is not None and not self.api_key
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float | None  # None: the gateway's GATEWAY_UPSTREAM_CONNECT_TIMEOUT
+    first_byte: float
+    idle: float
+    total: float | None  # for streams; a whole answer is bounded by `whole`
+    whole: float
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """One compiled agent: what the proxy needs, resolved once at load."""
 
@@ -131,28 +201,41 @@ class Agent:
     aliases: tuple[str, ...]
     description: str
     provider: Provider
-    upstream_model: str
-    base_url: str
-    api_key_env: str | None
-    api_key: str | None = field(repr=False)
+    targets: tuple[Target, ...]
     api_key_header: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
     defaults: Mapping[str, Any]
     system_prompt: str | None
-    timeout: float
+    timeouts: Timeouts
     streaming: StreamingSpec
     spec: AgentSpec = field(repr=False)
     source: str = ""
+
+    @property
+    def primary(self) -> Target:
+        return self.targets[0]
+
+    @property
+    def upstream_model(self) -> str:
+        return self.primary.upstream_model
+
+    @property
+    def base_url(self) -> str:
+        return self.primary.base_url
+
+    @property
+    def timeout(self) -> float:
+        return self.timeouts.whole
 
     @property
     def streams(self) -> bool:
         """Whether stream requests are relayed from an upstream stream (else simulated from a whole answer)."""
         return self.spec.llm.supports_streaming and self.spec.streaming.enabled
 
-    @property
-    def missing_key(self) -> bool:
-        return self.api_key_env is not None and not self.api_key
+    def missing_keys(self) -> list[str]:
+        """The environment variables its targets need and do not have."""
+        return sorted({t.api_key_env for t in self.targets if t.missing_key and t.api_key_env})
 
     def features(self) -> list[str]:
         on = []
@@ -175,31 +258,59 @@ class Agent:
 
 def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "") -> Agent:
     llm = spec.llm
-    key_env = llm.api_key_env or DEFAULT_KEY_ENVS.get(llm.provider)
     defaults: dict[str, Any] = dict(llm.defaults)
     for name in ("temperature", "top_p", "max_tokens"):
         value = getattr(llm, name)
         if value is not None:
             defaults[name] = value
+    targets = tuple(_compile_target(llm, target, environ) for target in llm.targets or [TargetSpec()])
+    timeouts = llm.timeouts
     return Agent(
         name=spec.name,
         aliases=tuple(spec.aliases),
         description=spec.description,
         provider=llm.provider,
-        upstream_model=llm.model or spec.name,
-        base_url=(llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/"),
-        api_key_env=key_env,
-        api_key=environ.get(key_env) if key_env else None,
+        targets=_unique_names(targets),
         api_key_header=llm.api_key_header,
         query=MappingProxyType(dict(llm.query)),
         headers=MappingProxyType(dict(llm.headers)),
         defaults=MappingProxyType(defaults),
         system_prompt=spec.system_prompt or None,
-        timeout=llm.timeout,
+        timeouts=Timeouts(
+            connect=timeouts.connect,
+            first_byte=timeouts.first_byte or llm.timeout,
+            idle=timeouts.idle or llm.timeout,
+            total=timeouts.total,
+            whole=timeouts.total or llm.timeout,
+        ),
         streaming=spec.streaming,
         spec=spec,
         source=source,
     )
+
+
+def _compile_target(llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
+    key_env = target.api_key_env or llm.api_key_env or DEFAULT_KEY_ENVS.get(llm.provider)
+    base_url = (target.base_url or llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/")
+    return Target(
+        name=target.name or urlsplit(base_url).netloc or llm.provider,
+        base_url=base_url,
+        upstream_model=target.model or llm.model or "",
+        api_key_env=key_env,
+        api_key=environ.get(key_env) if key_env else None,
+        weight=target.weight,
+    )
+
+
+def _unique_names(targets: tuple[Target, ...]) -> tuple[Target, ...]:
+    """Targets on one host get `#2`, `#3` after their name, so that logs and breakers tell them apart."""
+    seen: dict[str, int] = {}
+    named = []
+    for target in targets:
+        seen[target.name] = seen.get(target.name, 0) + 1
+        count = seen[target.name]
+        named.append(target if count == 1 else dataclasses.replace(target, name=f"{target.name}#{count}"))
+    return tuple(named)
 
 
 def _default_base_url(provider: str, environ: Mapping[str, str]) -> str:

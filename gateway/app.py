@@ -23,6 +23,7 @@ from gateway.accounting import Accountant
 from gateway.admin import AdminAPI
 from gateway.auth import Authenticator, AuthMode, is_loopback, resolve_mode
 from gateway.chat_api import ChatAPI
+from gateway.dispatcher import Dispatcher
 from gateway.errors import (
     GatewayError,
     InvalidConfig,
@@ -32,7 +33,7 @@ from gateway.errors import (
     RateLimited,
     StoreUnavailable,
 )
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, exchange_of
 from gateway.guard import Guard
 from gateway.limiter import Limiter, MemoryLimiter
 from gateway.metrics import Metrics
@@ -42,6 +43,7 @@ from gateway.observability import AccessLog
 from gateway.payload import Endpoint
 from gateway.policy import Defaults
 from gateway.proxy import Proxy
+from gateway.reload import Reloader
 from gateway.routing import ConfigError, RoutingTable, load_routes
 from gateway.sessions.service import Sessions
 from gateway.sessions_api import SessionsAPI
@@ -120,12 +122,15 @@ class Runtime:
         self.authenticator = Authenticator(store, "keys", store.cache_ttl)
         self.accountant = Accountant(store)
         self.metrics = Metrics()
+        self.dispatcher = Dispatcher(self.upstream_for, self.current_routes, self.metrics)
         self.sessions = Sessions(
             self.current_routes,
             default_storage=settings.session_storage or settings.store,
             redis_url=settings.redis_url,
             ttl_seconds=settings.session_ttl,
+            metrics=self.metrics,
         )
+        limiter.on_error = lambda: self.metrics.redis_error("limiter")
         self.guard = Guard(
             limiter,
             store,
@@ -134,19 +139,34 @@ class Runtime:
             default_max_tokens=settings.default_max_tokens,
             trusted_proxies=settings.trusted_proxies,
         )
+        self.reloader = Reloader(
+            self._load_routes,
+            settings.config,
+            watch=settings.watch_config,
+            redis_url=settings.redis_url if settings.store == "redis" else None,
+        )
+        # Set by `gateway serve` on SIGTERM: /readyz says 503 while the requests in flight finish.
+        self.draining = False
 
     def current_routes(self) -> RoutingTable:
         return self.routes
 
     def reload(self) -> RoutingTable:
+        """Re-read the route config here and on every replica (POST /admin/reload); a bad one raises
+        `InvalidConfig` and the old one keeps serving."""
+        return self.reloader.reload("POST /admin/reload")
+
+    def _load_routes(self, trigger: str) -> RoutingTable:
         """Re-read the route config; the new table replaces the old one whole (requests in flight keep theirs)."""
         try:
             table = load_routes(self.settings.config, self.environ)
         except ConfigError as exc:
-            logger.warning("route config not reloaded, the old one keeps serving: %s", "; ".join(exc.problems))
+            logger.warning(
+                "route config not reloaded (%s), the old one keeps serving: %s", trigger, "; ".join(exc.problems)
+            )
             raise InvalidConfig("The route config was not reloaded: " + "; ".join(exc.problems)) from None
         self.routes = table
-        logger.info("route config reloaded: %d agent(s)", len(table.agents))
+        logger.info("route config reloaded (%s): %d agent(s)", trigger, len(table.agents))
         return table
 
     async def _auth_mode(self) -> AuthMode:
@@ -204,8 +224,10 @@ class Runtime:
                         agent.name,
                         self.guard.limiter.name,
                     )
+            await self.reloader.start()
             yield
         finally:
+            await self.reloader.stop()
             if self.http is not None:
                 await self.http.close()
                 self.http = None
@@ -252,6 +274,12 @@ class Endpoints:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        # A 503 here is an answer, not a failure: it must not count with the gateway's own errors.
+        exchange_of(request.scope).error_class = "gateway_not_ready"
+        if self.runtime.draining:
+            # Shutting down: load balancers should stop sending here while the requests in flight finish.
+            draining = {"status": "draining", "agents": len(self.runtime.routes.agents), "problems": ["shutting down"]}
+            return JSONResponse(draining, status_code=503)
         problems = list(self.runtime.routes.problems())
         if self.runtime.http is None:
             problems.append("the upstream client is not open")
@@ -263,6 +291,8 @@ class Endpoints:
         sessions = self.runtime.sessions.status()
         if sessions:
             body["sessions"] = sessions
+        if not problems:
+            exchange_of(request.scope).error_class = None
         return JSONResponse(body, status_code=503 if problems else 200)
 
 
@@ -290,6 +320,9 @@ async def _render_gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _render_store_error(request: Request, exc: Exception) -> Response:
     logger.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    runtime: Runtime = request.app.state.runtime
+    if runtime.store.name == "redis":
+        runtime.metrics.redis_error("store")
     error = StoreUnavailable("The gateway's key and usage store is unavailable; retry shortly.")
     return await _render_gateway_error(request, error)
 
@@ -341,10 +374,11 @@ def create_app(
         hooks.append(AccessLog(settings.log_format).write)
     proxy = Proxy(
         runtime.current_routes,
-        runtime.upstream_for,
+        runtime.dispatcher,
         runtime.authenticator,
         runtime.guard,
         runtime.sessions,
+        metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
     )
     endpoints = Endpoints(runtime, proxy)

@@ -26,6 +26,7 @@ provider's 429 (``upstream_rate_limited``) is never counted as one of ours (``po
      │    ├── UpstreamUnreachable    502 upstream_unreachable
      │    ├── UpstreamBadResponse    502 upstream_bad_response
      │    ├── UpstreamNotConfigured  503 upstream_not_configured
+     │    ├── UpstreamUnavailable    503 upstream_unavailable (every target's circuit is open)
      │    └── UpstreamTimeout        504 upstream_timeout
      ├── StoreUnavailable            503 store_unavailable (Redis or the state directory is failing)
      └── InternalError               500 internal_error (a bug; logged with its traceback)
@@ -183,6 +184,12 @@ class UpstreamNotConfigured(UpstreamError):
     status = 503
     error_class = "upstream_not_configured"
     code = "upstream_not_configured"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    error_class = "upstream_circuit_open"
+    code = "upstream_unavailable"
 
 
 class UpstreamTimeout(UpstreamError):

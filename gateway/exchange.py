@@ -41,7 +41,8 @@ class Exchange:
     requested_agent: str | None = None  # the agent the model named, when a fallback agent answered instead
     target: str | None = None  # the upstream target of the last attempt (its name: host, or as configured)
     attempts: int = 0  # upstream calls made; retries = attempts - 1
-    upstream_ms: float = 0.0  # time spent waiting on the upstream (every attempt, backoff excluded)
+    upstream_ms: float = 0.0  # time spent waiting on the upstream, every attempt
+    waited_ms: float = 0.0  # backoff between attempts: neither the upstream's time nor the gateway's work
     overhead_ms: float | None = None  # time in the gateway itself until the response started
     ttfb_ms: float | None = None  # from the request's arrival to the first byte of the response
     error_class: str | None = None  # the closed vocabulary of errors.py: client_*, policy_*, upstream_*, gateway_*

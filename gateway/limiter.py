@@ -18,6 +18,8 @@ MAX_LEVELS = 50_000
 
 class Limiter(Protocol):
     name: str
+    # Called on every failed call to a shared store (the Redis-errors metric); set by whoever counts.
+    on_error: Callable[[], None]
 
     async def take(self, charge: Charge) -> Decision: ...
 
@@ -37,6 +39,7 @@ class MemoryLimiter:
     name = "memory"
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.on_error: Callable[[], None] = _nothing
         self._clock = clock
         self._levels: dict[str, Level] = {}
         self._used: dict[str, tuple[int, float]] = {}  # quota id -> (tokens used, when the period ends)
@@ -80,3 +83,7 @@ class MemoryLimiter:
 
     async def close(self) -> None:
         return None
+
+
+def _nothing() -> None:
+    pass

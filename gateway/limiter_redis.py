@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from importlib.resources import files
 
 from redis.exceptions import RedisError
@@ -47,6 +48,7 @@ class RedisLimiter:
         self._failure = failure
         self._fallback = MemoryLimiter()
         self._down_since: float | None = None
+        self.on_error: Callable[[], None] = self._fallback.on_error
 
     def _keys(self, charge: Charge, buckets: list[ratelimit.Bucket] | None = None) -> list[str]:
         chosen = charge.buckets if buckets is None else buckets
@@ -87,6 +89,7 @@ class RedisLimiter:
         try:
             await self._settle(keys=self._keys(charge, token_buckets), args=args)
         except (RedisError, OSError) as exc:
+            self.on_error()
             logger.warning("rate-limit settlement lost, Redis unavailable: %s", exc)
 
     async def seed(self, quota: Quota, used: int) -> None:
@@ -94,6 +97,7 @@ class RedisLimiter:
         try:
             await self._redis.set(self._prefix + quota.id, used, nx=True, ex=ttl)
         except (RedisError, OSError) as exc:
+            self.on_error()
             logger.warning("quota counter not seeded, Redis unavailable: %s", exc)
 
     async def reset(self, quota_ids: list[str]) -> None:
@@ -107,6 +111,7 @@ class RedisLimiter:
         return self._down_since is not None and time.monotonic() - self._down_since < RETRY_REDIS_AFTER
 
     async def _failed(self, exc: Exception, charge: Charge) -> Decision:
+        self.on_error()
         if self._down_since is None:
             logger.warning(
                 "rate limiter: Redis unavailable (%s); %s", exc,

@@ -66,12 +66,14 @@ class RequestContextMiddleware:
                 exchange.status = message["status"]
                 elapsed = (time.perf_counter() - started) * 1000
                 exchange.ttfb_ms = round(elapsed, 3)
-                exchange.overhead_ms = round(max(0.0, elapsed - exchange.upstream_ms), 3)
+                exchange.overhead_ms = round(max(0.0, elapsed - exchange.upstream_ms - exchange.waited_ms), 3)
                 headers = [
                     *message.get("headers", ()),
                     (b"x-request-id", request_id),
                     (b"x-gateway-overhead-ms", f"{exchange.overhead_ms:.2f}".encode()),
                 ]
+                if exchange.agent is not None:
+                    headers.append((b"x-gateway-agent", exchange.agent.encode()))
                 if exchange.ratelimit is not None:
                     headers = with_limit_headers(headers, ratelimit.headers(exchange.ratelimit))
                 if exchange.session_id is not None:

@@ -68,6 +68,9 @@ class MockResponse:
     def relay_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"content-type", self.content_type.encode())]
 
+    async def start(self) -> None:
+        pass
+
     async def read(self) -> bytes:
         return self._body
 

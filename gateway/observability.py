@@ -40,6 +40,8 @@ def configure_logging(level: str, fmt: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # watchfiles says "1 change detected" at INFO on every save; the gateway's own reload line says what matters.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))
 
 
 class AccessLog:

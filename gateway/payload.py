@@ -73,6 +73,14 @@ def wants_stream(body: dict[str, Any]) -> bool:
     return stream
 
 
+def copy_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A copy `prepare` can rewrite without touching `body`: it sets top-level fields and inserts into `messages`."""
+    copied = dict(body)
+    if isinstance(copied.get("messages"), list):
+        copied["messages"] = list(copied["messages"])
+    return copied
+
+
 def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str, Any]:
     """Rewrite the client's body for the agent's upstream (in place, and returned)."""
     for name in GATEWAY_FIELDS:

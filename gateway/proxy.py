@@ -3,28 +3,35 @@ relay, and note what accounting needs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from gateway import payload, simulate, usage
 from gateway.agents import Agent
 from gateway.auth import Authenticator, authorize
+from gateway.dispatcher import Dispatcher
 from gateway.errors import BadRequest, ModelNotFound, PayloadTooLarge, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
 from gateway.guard import Guard
 from gateway.keys import KeyRecord
+from gateway.metrics import Metrics
 from gateway.payload import Endpoint
 from gateway.relay import StreamRelay
 from gateway.routing import RoutingTable
 from gateway.sessions.assembly import reply_from_completion
 from gateway.sessions.service import Sessions, Turn, requested_id
-from gateway.upstream import Upstream, UpstreamRequest, UpstreamResponse, forward_headers
+from gateway.upstream import UpstreamResponse, forward_headers
 
 JSON = "application/json"
+T = TypeVar("T")
 
 
 class Proxy:
@@ -33,15 +40,17 @@ class Proxy:
     def __init__(
         self,
         routes: Callable[[], RoutingTable],
-        upstreams: Callable[[str], Upstream],
+        dispatcher: Dispatcher,
         authenticator: Authenticator,
         guard: Guard,
         sessions: Sessions,
         *,
+        metrics: Metrics,
         max_body_bytes: int,
     ) -> None:
+        self._metrics = metrics
         self._routes = routes
-        self._upstream_for = upstreams
+        self._dispatcher = dispatcher
         self._auth = authenticator
         self._guard = guard
         self._sessions = sessions
@@ -70,33 +79,53 @@ class Proxy:
         simulated = stream and not agent.streams
         if simulated and endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
             raise BadRequest(f"Model `{agent.name}` does not stream on /v1{endpoint.path}.", param="stream")
+        # Fallback agents get the client's body prepared for them; copied only when there may be one.
+        original = payload.copy_body(body) if agent.spec.fallbacks else None
         upstream_body = payload.prepare(endpoint, body, agent)
         await self._guard.admit(
             exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope
         )
         hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
-        if simulated:
-            upstream_body["stream"] = False
-            upstream_body.pop("stream_options", None)
-        upstream_request = UpstreamRequest(
-            agent=agent,
+
+        def payload_for(candidate: Agent) -> dict[str, Any]:
+            if candidate is agent or original is None:
+                prepared = upstream_body
+            else:
+                prepared = payload.prepare(endpoint, payload.copy_body(original), candidate)
+                if stream:
+                    usage.ask_for_stream_usage(endpoint, prepared)
+            if simulated:
+                prepared["stream"] = False
+                prepared.pop("stream_options", None)
+            return prepared
+
+        send = self._dispatcher.send(
+            exchange,
+            agent,
             path=endpoint.path,
-            payload=upstream_body,
             stream=stream and not simulated,
             headers=forward_headers(request.scope["headers"], exchange.request_id),
+            payload_for=payload_for,
         )
-        response = await self._upstream_for(agent.provider).send(upstream_request)
-        exchange.upstream_status = response.status
+        # Until the answer starts (a stream's relay watches the client from its first event on).
+        response, answered = await until_disconnect(request, send)
         if simulated:
-            response = await simulate.replay(response, endpoint, agent.streaming)
+            response = await until_disconnect(request, simulate.replay(response, endpoint, answered.streaming))
         if stream and response.status < 300 and response.content_type == "text/event-stream":
             meter = usage.StreamMeter(hide_usage=hide_usage)
             prompt_estimate = usage.estimate_prompt_tokens(upstream_body)
-            relay = StreamRelay(response, meter, exchange, prompt_estimate, ends_with_done=endpoint.ends_with_done)
+            relay = StreamRelay(
+                response,
+                meter,
+                exchange,
+                prompt_estimate,
+                ends_with_done=endpoint.ends_with_done,
+                metrics=self._metrics,
+            )
             if turn is not None:
                 relay.keep_reply(turn)
             return relay
-        return await buffered(response, exchange, turn)
+        return await until_disconnect(request, buffered(response, exchange, turn))
 
     async def _continue_session(
         self, request: Request, endpoint: Endpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
@@ -117,6 +146,29 @@ class Proxy:
         return turn
 
 
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """`work`, cancelled as soon as the client disconnects: cancelling drops the upstream connection, which is
+    what stops the upstream from generating an answer nobody will read."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientDisconnect
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     declared = request.headers.get("content-length", "")
@@ -135,7 +187,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def buffered(upstream: UpstreamResponse, exchange: Exchange, turn: Turn | None = None) -> Response:
     """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not. A
     session's turn is stored before the answer goes out, so the client's next turn finds it."""
+    began = time.perf_counter()
     body = await upstream.read()
+    exchange.upstream_ms += (time.perf_counter() - began) * 1000
     parsed = _json(body)
     if upstream.status < 300:
         if parsed is None:

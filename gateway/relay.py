@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import sse
 from gateway.errors import UpstreamBadResponse, UpstreamError
 from gateway.exchange import Exchange
+from gateway.metrics import Metrics
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
 from gateway.upstream import UpstreamResponse
@@ -37,7 +38,9 @@ class StreamRelay(Response):
         prompt_estimate: int,
         *,
         ends_with_done: bool,
+        metrics: Metrics,
     ) -> None:
+        self.metrics = metrics
         self.upstream = upstream
         self.meter = meter
         self.exchange = exchange
@@ -64,6 +67,11 @@ class StreamRelay(Response):
             done, _ = await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
             if pump not in done or isinstance(pump.exception(), OSError):  # OSError: the client went away mid-send
                 self.outcome = "client_disconnected"
+        except asyncio.CancelledError:
+            # The server is cutting the streams that outlived its drain timeout.
+            self.outcome = "cut_at_shutdown"
+            self.exchange.error_class = "gateway_shutdown"
+            raise
         finally:
             self.upstream.close()
             for task in (pump, watch):
@@ -71,6 +79,8 @@ class StreamRelay(Response):
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await task
             self.exchange.stream = self.outcome
+            if self.started:
+                self.metrics.stream_closed()
             if self.outcome != "completed":
                 await self._keep_partial()
             if self.started:  # whatever reached the client is charged: the upstream's usage, else an estimate
@@ -126,6 +136,7 @@ class StreamRelay(Response):
         # Sent with the first event rather than with the upstream's headers: until an event has arrived, a failure
         # can still be a proper HTTP error, and the client gets headers and first event in one go.
         self.started = True
+        self.metrics.stream_opened()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
 
     async def _refuse(self, send: Send, exc: UpstreamError) -> None:

@@ -41,10 +41,11 @@ class RoutingTable:
 
     def problems(self) -> list[str]:
         """What keeps an agent from serving (reported by `check` and `/readyz`)."""
+        # An agent with one keyed target still serves (the others are skipped), so only none at all is a problem.
         return [
-            f"agent '{a.name}': upstream key missing: set the environment variable {a.api_key_env}"
+            f"agent '{a.name}': upstream key missing: set the environment variable {' or '.join(a.missing_keys())}"
             for a in self.agents
-            if a.missing_key
+            if all(target.missing_key for target in a.targets)
         ]
 
 

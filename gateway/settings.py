@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
     drain_timeout: float = Field(default=30.0, ge=0)
+    shutdown_delay: float = Field(
+        default=0.0,
+        ge=0,
+        description="Seconds after SIGTERM during which /readyz says 503 but requests are still accepted.",
+    )
+    watch_config: bool = Field(default=False, description="Reload the route config when its files change.")
     rate_limit_storage: Literal["memory", "redis"] | None = Field(
         default=None,
         validation_alias=AliasChoices("GATEWAY_RATE_LIMIT_STORAGE", "RATE_LIMIT_STORAGE"),

@@ -82,6 +82,9 @@ class SimulatedResponse:
     def relay_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"content-type", b"text/event-stream; charset=utf-8"), *self._headers]
 
+    async def start(self) -> None:
+        pass
+
     async def read(self) -> bytes:
         return b"".join([*self._chunks, *self._tail])
 

@@ -6,6 +6,7 @@ talks to an `Upstream` and gets an `UpstreamResponse`, whichever provider answer
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 import orjson
 
-from gateway.agents import Agent
+from gateway.agents import Agent, Target
 from gateway.errors import (
     UpstreamBadResponse,
     UpstreamNotConfigured,
@@ -40,6 +41,7 @@ _PASS_RESPONSE_HEADERS = frozenset(
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     agent: Agent
+    target: Target
     path: str
     payload: dict[str, Any]
     stream: bool
@@ -55,6 +57,9 @@ class UpstreamResponse(Protocol):
     def content_type(self) -> str: ...
 
     def relay_headers(self) -> list[tuple[bytes, bytes]]: ...
+
+    async def start(self) -> None:
+        """Wait for the first byte of the body (a stream's first chunk), within the first-byte timeout."""
 
     async def read(self) -> bytes: ...
 
@@ -90,46 +95,50 @@ def relay_headers(upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[byt
     return out
 
 
-def upstream_url(agent: Agent, path: str) -> str:
-    url = agent.base_url + path
+def upstream_url(agent: Agent, target: Target, path: str) -> str:
+    url = target.base_url + path
     return f"{url}?{urlencode(dict(agent.query))}" if agent.query else url
 
 
 @contextlib.contextmanager
-def map_exceptions(agent: Agent) -> Iterator[None]:
-    """Translate aiohttp's exceptions into the gateway's upstream errors, in this one place."""
+def map_exceptions(agent: Agent, target: Target, waited: str) -> Iterator[None]:
+    """Translate aiohttp's exceptions (and our deadlines) into the gateway's upstream errors, in this one place;
+    `waited` says which deadline a timeout broke ("did not answer within 60s")."""
     try:
         yield
     except TimeoutError:
-        raise UpstreamTimeout(f"The upstream {_where(agent)} did not answer within {agent.timeout:g}s.") from None
+        raise UpstreamTimeout(f"The upstream {_where(agent, target)} {waited}.") from None
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror or type(exc.os_error).__name__
-        raise UpstreamUnreachable(f"Cannot connect to the upstream {_where(agent)}: {reason}.") from None
+        raise UpstreamUnreachable(f"Cannot connect to the upstream {_where(agent, target)}: {reason}.") from None
     except aiohttp.ServerDisconnectedError:
         raise UpstreamBadResponse(
-            f"The upstream {_where(agent)} closed the connection before finishing its response."
+            f"The upstream {_where(agent, target)} closed the connection before finishing its response."
         ) from None
     except aiohttp.ClientPayloadError:
-        raise UpstreamBadResponse(f"The upstream {_where(agent)} broke off its response body.") from None
+        raise UpstreamBadResponse(f"The upstream {_where(agent, target)} broke off its response body.") from None
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
-            f"The request to the upstream {_where(agent)} failed: {type(exc).__name__}."
+            f"The request to the upstream {_where(agent, target)} failed: {type(exc).__name__}."
         ) from None
 
 
-def _where(agent: Agent) -> str:
+def _where(agent: Agent, target: Target) -> str:
     """Which upstream, for an error message: the model and host, never the path or query (they may hold secrets)."""
-    return f"of model '{agent.name}' ({urlsplit(agent.base_url).hostname})"
+    return f"of model '{agent.name}' ({urlsplit(target.base_url).hostname})"
 
 
 class HTTPResponse:
-    """An aiohttp response seen through `UpstreamResponse`."""
+    """An aiohttp response seen through `UpstreamResponse`, with the agent's deadlines on reading it."""
 
-    __slots__ = ("_agent", "_response", "status")
+    __slots__ = ("_agent", "_deadline", "_first", "_response", "_target", "status")
 
-    def __init__(self, agent: Agent, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, agent: Agent, target: Target, response: aiohttp.ClientResponse, deadline: float) -> None:
         self._agent = agent
+        self._target = target
         self._response = response
+        self._deadline = deadline  # loop time by which a stream's first byte must have come
+        self._first: bytes | None = None
         self.status = response.status
 
     @property
@@ -139,16 +148,41 @@ class HTTPResponse:
     def relay_headers(self) -> list[tuple[bytes, bytes]]:
         return relay_headers(self._response.headers.items())
 
+    async def start(self) -> None:
+        waited = f"sent no first byte within {self._agent.timeouts.first_byte:g}s"
+        with map_exceptions(self._agent, self._target, waited):
+            async with asyncio.timeout_at(self._deadline):
+                self._first = await self._response.content.readany()
+
     async def read(self) -> bytes:
-        with map_exceptions(self._agent):
+        with map_exceptions(self._agent, self._target, f"did not answer within {self._agent.timeouts.whole:g}s"):
             try:
                 return await self._response.read()
             finally:
                 self._response.release()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        with map_exceptions(self._agent):
-            async for chunk in self._response.content.iter_any():
+        if self._first is None:
+            await self.start()
+        if self._first:
+            yield self._first
+        timeouts = self._agent.timeouts
+        content = self._response.content
+        loop = asyncio.get_running_loop()
+        ends = None if timeouts.total is None else loop.time() + timeouts.total
+        idle = f"sent nothing for {timeouts.idle:g}s in the middle of its stream"
+        with map_exceptions(self._agent, self._target, idle):
+            while True:
+                if ends is not None and loop.time() >= ends:
+                    raise UpstreamTimeout(
+                        f"The upstream {_where(self._agent, self._target)} did not finish its stream within "
+                        f"{timeouts.total:g}s."
+                    )
+                wait = timeouts.idle if ends is None else min(timeouts.idle, ends - loop.time())
+                async with asyncio.timeout(wait):
+                    chunk = await content.readany()
+                if not chunk:
+                    return
                 yield chunk
 
     def close(self) -> None:
@@ -178,29 +212,31 @@ class HTTPUpstream:
         await self._session.close()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        agent = request.agent
-        if agent.missing_key:
+        agent, target = request.agent, request.target
+        if target.missing_key:
             raise UpstreamNotConfigured(
                 f"Model '{agent.name}' is not available: its upstream key is not configured "
-                f"(the gateway's operator must set {agent.api_key_env})."
+                f"(the gateway's operator must set {target.api_key_env})."
             )
         headers = dict(request.headers)
         headers.update(agent.headers)
         headers["content-type"] = "application/json"
-        if agent.api_key:
+        if target.api_key:
             is_bearer = agent.api_key_header.lower() == "authorization"
-            headers[agent.api_key_header] = f"Bearer {agent.api_key}" if is_bearer else agent.api_key
-        # A stream has no total deadline: `sock_read` bounds the wait for the first byte and between chunks.
-        timeout = aiohttp.ClientTimeout(
-            total=None if request.stream else agent.timeout,
-            connect=min(self._connect_timeout, agent.timeout),
-            sock_read=agent.timeout,
-        )
-        with map_exceptions(agent):
-            response = await self._session.post(
-                upstream_url(agent, request.path),
-                data=orjson.dumps(request.payload),
-                headers=headers,
-                timeout=timeout,
-            )
-        return HTTPResponse(agent, response)
+            headers[agent.api_key_header] = f"Bearer {target.api_key}" if is_bearer else target.api_key
+        timeouts = agent.timeouts
+        connect = timeouts.connect or self._connect_timeout
+        # A whole answer has one deadline; a stream has one for its first byte and one for each pause after it.
+        timeout = aiohttp.ClientTimeout(total=None if request.stream else timeouts.whole, connect=connect)
+        # The first byte is the response's head: for a whole answer most servers send it once the answer is done.
+        deadline = asyncio.get_running_loop().time() + timeouts.first_byte
+        waited = f"sent no first byte within {timeouts.first_byte:g}s"
+        with map_exceptions(agent, target, waited):
+            async with asyncio.timeout_at(deadline):
+                response = await self._session.post(
+                    upstream_url(agent, target, request.path),
+                    data=orjson.dumps(request.payload),
+                    headers=headers,
+                    timeout=timeout,
+                )
+        return HTTPResponse(agent, target, response, deadline)

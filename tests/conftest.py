@@ -30,10 +30,16 @@ agents:
       timeout: 5
     system_prompt: "You are a test agent."
     session: {{enabled: true, max_history: 50}}
+    # The tests of one answer per request: many make this upstream fail on purpose. Retries and circuit breakers
+    # have agents of their own in test_resilience.py.
+    retries: 0
+    circuit_breaker: {{enabled: false}}
   - name: test-slow
     llm: {{provider: openai-compatible, model: slow, base_url: "{upstream}/v1", timeout: 0.5}}
+    retries: 0
   - name: test-dead
     llm: {{provider: openai-compatible, model: dead, base_url: "http://127.0.0.1:{dead_port}/v1", timeout: 2}}
+    retries: 0
   - name: test-nokey
     llm: {{provider: openai-compatible, model: x, base_url: "{upstream}/v1", api_key_env: TEST_KEY_NOT_SET}}
   - name: test-bounded

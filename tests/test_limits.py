@@ -19,13 +19,18 @@ from tests.test_keys import ADMIN_KEY, Admin, sdk
 from tests.test_proxy import behave
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+# One answer per request (no retries, no circuit breaker): these tests make the upstream fail on purpose and count.
 CONFIG = """\
 agents:
   - name: test-chat
     llm: {{provider: openai-compatible, model: up, base_url: "{upstream}/v1", api_key_env: TEST_UPSTREAM_KEY}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
   - name: small-answers
     llm: {{provider: openai-compatible, model: up, base_url: "{upstream}/v1", api_key_env: TEST_UPSTREAM_KEY}}
     limits: {{max_tokens_per_request: 100, max_concurrent_requests: 1}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
   - name: clamped
     llm: {{provider: mock}}
     limits: {{max_tokens_per_request: 5, over_max_tokens: clamp}}

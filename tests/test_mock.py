@@ -30,7 +30,8 @@ def mock_agent(chunk_size: int = 3, delay: float = 0.0) -> Agent:
 
 
 async def send(path: str, payload: dict[str, Any], *, stream: bool = False, agent: Agent | None = None) -> MockResponse:
-    request = UpstreamRequest(agent=agent or mock_agent(), path=path, payload=payload, stream=stream, headers={})
+    agent = agent or mock_agent()
+    request = UpstreamRequest(agent=agent, target=agent.primary, path=path, payload=payload, stream=stream, headers={})
     response = await MockUpstream().send(request)
     assert isinstance(response, MockResponse)
     return response

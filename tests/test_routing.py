@@ -217,8 +217,8 @@ def test_openai_provider_defaults_base_url_and_key_variable() -> None:
     agent = load_routes(FIXTURES / "openai-no-key", {"OPENAI_API_KEY": "sk-from-env"}).agents[0]
 
     assert agent.base_url == "https://api.openai.com/v1"
-    assert agent.api_key_env == "OPENAI_API_KEY"
-    assert agent.api_key == "sk-from-env"
+    assert agent.primary.api_key_env == "OPENAI_API_KEY"
+    assert agent.primary.api_key == "sk-from-env"
 
 
 def test_the_api_key_comes_from_the_given_environ_not_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,8 +226,8 @@ def test_the_api_key_comes_from_the_given_environ_not_the_process(monkeypatch: p
 
     table = load_routes(FIXTURES / "openai-no-key", {})
 
-    assert table.agents[0].api_key is None
-    assert table.agents[0].missing_key
+    assert table.agents[0].primary.api_key is None
+    assert table.agents[0].primary.missing_key
 
 
 def test_a_missing_upstream_key_is_a_problem_of_the_table() -> None:
@@ -263,7 +263,7 @@ def test_a_custom_key_variable_is_read_from_environ() -> None:
         }
     )
 
-    assert compile_agent(spec, {"LOCAL_KEY": "sk-local"}).api_key == "sk-local"
+    assert compile_agent(spec, {"LOCAL_KEY": "sk-local"}).primary.api_key == "sk-local"
     assert RoutingTable((compile_agent(spec, {}),)).problems() == [
         "agent 'local': upstream key missing: set the environment variable LOCAL_KEY",
     ]
@@ -290,7 +290,7 @@ def test_the_agent_repr_never_shows_the_api_key() -> None:
     secret = "sk-very-secret-123"
     table = load_routes(FIXTURES / "openai-no-key", {"OPENAI_API_KEY": secret})
 
-    assert table.agents[0].api_key == secret
+    assert table.agents[0].primary.api_key == secret
     assert secret not in repr(table.agents[0])
     assert secret not in str(table.agents[0])
     assert secret not in repr(table)

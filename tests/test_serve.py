@@ -46,8 +46,7 @@ def test_sigterm_lets_the_stream_in_flight_finish(tmp_path: Path) -> None:
             gateway.proc.send_signal(signal.SIGTERM)
             rest = list(lines)
         assert "data: [DONE]" in rest
-        # uvicorn re-raises the signal once drained, so a clean exit reads as "terminated by SIGTERM".
-        assert gateway.proc.wait(timeout=15) == -signal.SIGTERM
+        assert gateway.proc.wait(timeout=15) == 0
     finally:
         gateway.stop()
     assert "Finished server process" in gateway.log()

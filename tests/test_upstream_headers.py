@@ -126,19 +126,22 @@ def test_other_upstream_headers_do_not_reach_the_client(name: str) -> None:
 
 
 def test_upstream_url_joins_base_url_and_path() -> None:
-    assert upstream_url(make_agent(), "/chat/completions") == "https://llm.example.com:8443/v1/chat/completions"
+    assert (
+        upstream_url(make_agent(), make_agent().primary, "/chat/completions")
+        == "https://llm.example.com:8443/v1/chat/completions"
+    )
 
 
 def test_upstream_url_appends_the_agents_query_params() -> None:
     agent = make_agent(query={"api-version": "2024-10-21", "x": "a b&c"})
 
-    url = upstream_url(agent, "/embeddings")
+    url = upstream_url(agent, agent.primary, "/embeddings")
 
     assert url == "https://llm.example.com:8443/v1/embeddings?api-version=2024-10-21&x=a+b%26c"
 
 
 def mapped(agent: Agent, exc: BaseException) -> GatewayError:
-    with pytest.raises(GatewayError) as info, map_exceptions(agent):
+    with pytest.raises(GatewayError) as info, map_exceptions(agent, agent.primary, "did not answer within 2.5s"):
         raise exc
     return info.value
 
@@ -196,7 +199,7 @@ def test_any_other_client_error_becomes_upstream_unreachable() -> None:
 
 
 def test_errors_outside_aiohttp_are_not_mapped() -> None:
-    with pytest.raises(KeyError), map_exceptions(make_agent()):
+    with pytest.raises(KeyError), map_exceptions(make_agent(), make_agent().primary, "did not answer"):
         raise KeyError("a bug")
 
 
@@ -213,7 +216,7 @@ def test_errors_outside_aiohttp_are_not_mapped() -> None:
 )
 def test_error_messages_never_contain_the_api_key(exc: BaseException) -> None:
     agent = make_agent()
-    assert agent.api_key == SECRET
+    assert agent.primary.api_key == SECRET
 
     error = mapped(agent, exc)
 

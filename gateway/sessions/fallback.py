@@ -56,6 +56,9 @@ class FallbackSessionStore:
         self._deleted: set[str] = set()  # ids deleted while the primary was away: to delete there too
         self._recovering = asyncio.Lock()
         self.fallbacks = 0  # operations served by the mirror because the primary failed
+        # Called on each such operation, and on each failed call to the primary (the metrics).
+        self.on_fallback: Callable[[], None] = _nothing
+        self.on_error: Callable[[], None] = _nothing
 
     @property
     def serving(self) -> str:
@@ -148,6 +151,7 @@ class FallbackSessionStore:
         """Run `operation` on the primary, or return `_FAILED` (without trying, while it is down and not due)."""
         if self._down_since is not None and self._clock() - self._tried_at < self._retry_every:
             self.fallbacks += 1
+            self.on_fallback()
             return _FAILED
         try:
             if self._dirty:
@@ -167,6 +171,8 @@ class FallbackSessionStore:
 
     def _fail(self, exc: Exception) -> None:
         self.fallbacks += 1
+        self.on_error()
+        self.on_fallback()
         self._tried_at = self._clock()
         if self._down_since is None:
             self._down_since = self._tried_at
@@ -201,3 +207,7 @@ class _Failed:
 
 
 _FAILED = _Failed()
+
+
+def _nothing() -> None:
+    pass

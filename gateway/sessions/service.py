@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from gateway.agents import Agent, SessionSpec
 from gateway.errors import BadRequest, SessionNotFound
+from gateway.metrics import Metrics
 from gateway.routing import RoutingTable
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
@@ -63,8 +64,10 @@ class Sessions:
         default_storage: Storage,
         redis_url: str,
         ttl_seconds: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._routes = routes
+        self._metrics = metrics
         self._default_storage = default_storage
         self._redis_url = redis_url
         self._ttl_seconds = ttl_seconds
@@ -81,6 +84,8 @@ class Sessions:
         store = self._stores.get(where)
         if store is None:
             store = self._stores[where] = _make_store(where)
+            if self._metrics is not None and where != "memory":
+                _observe(store, self._metrics)
             await store.open()
         return store
 
@@ -250,3 +255,12 @@ def _describe(url: str) -> str:
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def _observe(store: SessionStore, metrics: Metrics) -> None:
+    """Count a Redis store's fallbacks and errors (set on the fallback store `_make_store` makes for Redis)."""
+    from gateway.sessions.fallback import FallbackSessionStore  # noqa: PLC0415 (see _make_store)
+
+    if isinstance(store, FallbackSessionStore):
+        store.on_fallback = lambda: metrics.session_fallback("redis")
+        store.on_error = lambda: metrics.redis_error("sessions")

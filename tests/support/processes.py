@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,10 +70,13 @@ class Process:
         return self.proc.returncode
 
 
-def start_upstream(log_dir: Path) -> Process:
+def start_upstream(log_dir: Path, behaviour: Mapping[str, Any] | None = None) -> Process:
+    """The programmable upstream; `behaviour` applies to every request (the `x-test-behaviour` header adds to it)."""
     port = free_port()
-    process = Process("upstream", [sys.executable, str(ROOT / "tests/support/upstream.py"), "--port", str(port)],
-                      port, log_dir)  # fmt: skip
+    argv = [sys.executable, str(ROOT / "tests/support/upstream.py"), "--port", str(port)]
+    if behaviour:
+        argv += ["--behaviour", json.dumps(behaviour)]
+    process = Process("upstream", argv, port, log_dir)
     process.wait_ready("/_health")
     return process
 

@@ -11,6 +11,11 @@ Each request may carry `x-test-behaviour: <json>` (the gateway forwards it) sayi
     {"raw": "..."}            stream: send exactly these bytes as the body (split in two writes)
     {"not_json": true}        answer 200 with a body that is not JSON
     {"tool_call": true}       answer with a call of tool `lookup` (streamed in pieces when streaming)
+    {"fail_first": 2, ...}    misbehave (status, hang, ...) only on the first 2 attempts of a request id; then
+                              answer normally (how retries are seen)
+    {"stall_after": 1, "stall": 3}   stream: after that many chunks go silent for that many seconds
+Run with `--behaviour <json>` the process applies that to every request, under the header's. GET /_stats says
+how many requests it received.
 Every request is recorded under its `x-request-id`: GET /_requests/{id} returns the path, headers, body, and
 `state` (`answering`, `holding`, `finished`, `disconnected`).
 
@@ -29,6 +34,9 @@ from aiohttp import web
 
 RECORDS = web.AppKey("records", dict[str, dict[str, Any]])
 RELEASES = web.AppKey("releases", dict[str, asyncio.Event])
+ATTEMPTS = web.AppKey("attempts", dict[str, int])
+STATS = web.AppKey("stats", dict[str, int])
+DEFAULT = web.AppKey("default", dict[str, Any])
 
 
 STREAM_USAGE = {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 24}
@@ -65,12 +73,19 @@ async def answer(request: web.Request) -> web.StreamResponse:
         "body": body,
         "state": "answering",
     }
+    attempts = request.app[ATTEMPTS]
+    attempts[request_id] = attempts.get(request_id, 0) + 1
+    record["attempts"] = attempts[request_id]
     request.app[RECORDS][request_id] = record
-    behaviour = json.loads(request.headers.get("x-test-behaviour", "{}"))
+    request.app[STATS]["requests"] += 1
+    behaviour = {**request.app[DEFAULT], **json.loads(request.headers.get("x-test-behaviour", "{}"))}
+    if "fail_first" in behaviour and record["attempts"] > behaviour["fail_first"]:
+        behaviour = {}
     try:
         response = await _respond(request, request_id, body, behaviour, record)
     except asyncio.CancelledError:
         record["state"] = "disconnected"
+        record["disconnected_at"] = time.monotonic()  # the machine's monotonic clock: tests compare with theirs
         raise
     if record["state"] != "disconnected":
         record["state"] = "finished"
@@ -193,6 +208,8 @@ async def _stream(
             request.transport.abort()
             record["state"] = "dropped"
             return response
+        if index and index == behaviour.get("stall_after"):
+            await asyncio.sleep(behaviour.get("stall", 3))
         if index and behaviour.get("delay"):
             await asyncio.sleep(behaviour["delay"])
         await response.write(b"data: " + json.dumps(chat_chunk(f"part{index} ", None, with_usage)).encode() + b"\n\n")
@@ -222,11 +239,19 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def make_app() -> web.Application:
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
+def make_app(behaviour: dict[str, Any] | None = None) -> web.Application:
     app = web.Application()
     app[RECORDS] = {}
     app[RELEASES] = {}
+    app[ATTEMPTS] = {}
+    app[STATS] = {"requests": 0}
+    app[DEFAULT] = behaviour or {}
     app.router.add_get("/_health", health)
+    app.router.add_get("/_stats", stats)
     app.router.add_get("/_requests/{request_id}", get_record)
     app.router.add_post("/_release/{request_id}", release)
     app.router.add_post("/v1/{tail:.*}", answer)
@@ -236,9 +261,10 @@ def make_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--behaviour", type=json.loads, default={})
     args = parser.parse_args()
     # handler_cancellation: a client that goes away cancels the handler, which is how we see disconnects.
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, handler_cancellation=True, print=None)
+    web.run_app(make_app(args.behaviour), host="127.0.0.1", port=args.port, handler_cancellation=True, print=None)
 
 
 if __name__ == "__main__":
