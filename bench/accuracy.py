@@ -28,7 +28,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -47,7 +46,7 @@ import procs
 import redis
 import redis.asyncio
 from procs import BenchError, Service
-from run import command_output, cpu_model, interrupt, say, wait_for_quiet
+from run import command_output, cpu_model, say, wait_for_quiet
 
 CHAT = "/v1/chat/completions"
 RESULTS = procs.BENCH_DIR / "results"
@@ -826,16 +825,7 @@ def bench(options: Options) -> int:
 
 
 def main() -> int:
-    options = parse_args()
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return bench(options)
-    except BenchError as exc:
-        print(f"accuracy: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("accuracy: interrupted; every process it started has been stopped", file=sys.stderr)
-        return 130
+    return procs.run_main("accuracy", parse_args, bench)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import TypeVar
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -33,6 +35,8 @@ COMPLETION_BODY = (
     '"choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
     '"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
 )
+
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -280,3 +284,22 @@ def status_kb(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def run_main(name: str, parse_args: Callable[[], T], bench: Callable[[T], int]) -> int:
+    """A bench's `main`: SIGTERM leaves the way Ctrl-C does, through every `finally` that stops a child, and
+    errors become one line and an exit code."""
+    options = parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return bench(options)
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; every process it started has been stopped", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -19,7 +19,6 @@ import importlib.metadata
 import os
 import platform
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -451,22 +449,8 @@ def bench(options: Options) -> int:
     return 0
 
 
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same way out as Ctrl-C, through every `finally` that stops a child.
-    raise KeyboardInterrupt
-
-
 def main() -> int:
-    options = parse_args()
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return bench(options)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
-        return 130
+    return procs.run_main("bench", parse_args, bench)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import report
 
 def load(paths: list[Path], include_quick: bool) -> list[dict[str, Any]]:
     # The accuracy benchmark writes its own results beside these; they are summarised in its own table.
-    runs = [run for run in (json.loads(path.read_text()) for path in paths) if run["meta"].get("bench") != "accuracy"]
+    # The accuracy and sessions benches report other measures: their files are summarized by their own tables.
+    others = ("accuracy", "sessions")
+    runs = [run for run in (json.loads(path.read_text()) for path in paths) if run["meta"].get("bench") not in others]
     full = [run for run in runs if include_quick or not run["meta"]["options"].get("quick")]
     if len(full) < len(runs):
         print(f"skipping {len(runs) - len(full)} --quick run(s); pass --include-quick to count them")

@@ -43,11 +43,13 @@ def bound(messages: list[dict[str, Any]], *, max_messages: int | None, max_token
             raise ValueError(f"{name} must not be negative, got {limit}")
     turns = _turns(messages)
     count = sum(1 for message in messages if _is_pinned(message))
-    tokens = sum(estimate_message_tokens(message) for message in messages if _is_pinned(message))
+    # Estimating walks every message's text: only when a token bound asks for it (most agents bound by count).
+    weigh = max_tokens is not None
+    tokens = sum(estimate_message_tokens(message) for message in messages if weigh and _is_pinned(message))
     cut = len(messages)  # index of the first kept non-pinned message
     for start, members in reversed(turns):
         count += len(members)
-        tokens += sum(estimate_message_tokens(message) for message in members)
+        tokens += sum(estimate_message_tokens(message) for message in members) if weigh else 0
         fits = (max_messages is None or count <= max_messages) and (max_tokens is None or tokens <= max_tokens)
         if not fits or not _answers_its_own_calls(members):
             break
