@@ -76,9 +76,12 @@ class Breakers:
 
     def breaker(self, agent: Agent, target: Target) -> CircuitBreaker:
         key = (agent.name, target.name)
+        spec = agent.spec.circuit_breaker
         found = self._breakers.get(key)
-        if found is None or found.spec != agent.spec.circuit_breaker:  # new, or the config changed on reload
-            found = self._breakers[key] = CircuitBreaker(agent.spec.circuit_breaker)
+        # New, or changed by a reload (a reload makes new spec objects: compare values only then).
+        if found is None or (found.spec is not spec and found.spec != spec):
+            found = self._breakers[key] = CircuitBreaker(spec)
+        found.spec = spec
         return found
 
     def choose(self, agent: Agent, tried: Iterable[Target], now: float) -> Target | None:

@@ -8,7 +8,6 @@ second beginning, so failures from then on end the stream with an error event in
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -140,7 +139,7 @@ class Dispatcher:
             exchange.attempts += 1
             if agent.provider != "mock":
                 payload["model"] = target.upstream_model
-            request = dataclasses.replace(first, target=target)
+            request = UpstreamRequest(agent, target, first.path, payload, first.stream, first.headers)
             result, wait = await self._attempt(exchange, upstream, request)
             if not isinstance(result, (UpstreamError, BufferedResponse)):
                 return result
