@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import math
-import signal
-import time
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -18,11 +15,12 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import Runtime, create_app, preflight
+from gateway.app import create_app, preflight
 from gateway.auth import AuthRefused
 from gateway.keys_cli import columns, keys_app
 from gateway.observability import configure_logging
 from gateway.routing import ConfigError, RoutingTable, load_routes
+from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer
 from gateway.settings import Settings, environ_with_dotenv
 from gateway.store.memory import StateDirInUse
 
@@ -38,8 +36,6 @@ logger = logging.getLogger("gateway")
 
 # uvicorn's exit code when the app could not start.
 STARTUP_FAILURE = 3
-# How long requests cut at the drain timeout get to unwind before uvicorn stops waiting for them.
-UNWIND_SECONDS = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,8 +96,8 @@ def serve(
     settings = _settings(config=config, host=host, port=port, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
-        typer.echo("gateway: several workers arrive in a later release; run with --workers 1", err=True)
-        raise typer.Exit(2)
+        serve_workers(settings)
+        return
     try:
         application = create_app(settings, environ=environ_with_dotenv())
         preflight(settings)
@@ -119,17 +115,8 @@ def serve(
         application,
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # The gateway reads X-Forwarded-For itself, from GATEWAY_TRUSTED_PROXIES only: uvicorn's own handling
-        # trusts loopback by default, which would let a local caller pick its address for per-address limits.
-        proxy_headers=False,
-        # The server cuts what runs past the drain timeout itself; uvicorn's own timeout is only a backstop.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout + UNWIND_SECONDS),
+        **UVICORN_OPTIONS,
     )
     server = DrainingServer(
         server_config, application.state.runtime, delay=settings.shutdown_delay, drain_timeout=settings.drain_timeout
@@ -141,63 +128,33 @@ def serve(
         raise typer.Exit(128 + server.forced_by)  # what a shell reports for a process a signal ended
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a shutdown delay in front of its graceful shutdown, and a drain timeout that lets
-    the requests it cuts unwind.
+def serve_workers(settings: Settings) -> None:
+    """Several workers under gunicorn; each builds its app from the environment, which gets the options here."""
+    from gateway import workers  # noqa: PLC0415 (gunicorn is imported only for this)
 
-    The first SIGTERM marks the gateway as draining (`/readyz` answers 503) but keeps accepting requests for
-    `delay` seconds, so that load balancers (a Kubernetes Service's endpoints) stop sending here before the
-    listener closes. Then uvicorn's graceful shutdown: stop accepting and wait for the requests and streams in
-    flight. Those still running `drain_timeout` seconds later are cancelled, and waited for, so that what they
-    used is recorded before the lifespan's shutdown writes the last usage (uvicorn cancels them at its own
-    timeout and goes on at once). SIGINT (Ctrl-C) skips the delay. The process then exits 0, where uvicorn would
-    raise the signal again and look killed. A second signal exits at once, without the lifespan's shutdown, as
-    uvicorn does.
-    """
-
-    def __init__(self, config: uvicorn.Config, runtime: Runtime, *, delay: float, drain_timeout: float) -> None:
-        super().__init__(config)
-        self.runtime = runtime
-        self.delay = delay
-        self.drain_timeout = drain_timeout
-        self.forced_by: int | None = None
-        self._accepting_for = 0.0
-        self._close_at: float | None = None
-        self._said = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # A signal handler: it only sets flags, and the main loop's next tick acts on them.
-        if self.runtime.draining:
-            self.forced_by = sig
-            self.force_exit = True
-            self.should_exit = True
-            return
-        self.runtime.draining = True
-        self._accepting_for = self.delay if sig == signal.SIGTERM else 0.0
-        self._close_at = time.monotonic() + self._accepting_for
-
-    async def on_tick(self, counter: int) -> bool:
-        if self._close_at is not None and not self.should_exit:
-            if not self._said:
-                self._said = True
-                logger.info(
-                    "draining: /readyz answers 503%s; then up to %gs for the requests in flight to finish",
-                    f", still accepting for {self._accepting_for:g}s" if self._accepting_for else "",
-                    self.drain_timeout,
-                )
-            if time.monotonic() >= self._close_at:
-                self.should_exit = True
-                asyncio.get_running_loop().call_later(self.drain_timeout, self._cut)
-        return await super().on_tick(counter)
-
-    def _cut(self) -> None:
-        running = [task for task in self.server_state.tasks if not task.done()]
-        if running:
-            logger.warning(
-                "drain timeout (%gs) reached: cutting %d request(s) in flight", self.drain_timeout, len(running)
-            )
-        for task in running:
-            task.cancel("the drain timeout was reached")
+    try:
+        workers.check_shared_state(settings)
+        load_routes(settings.config, environ_with_dotenv())  # a bad config fails here, once, not in every worker
+        preflight(settings)
+    except workers.MultiWorkerRefused as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except AuthRefused as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from None
+    os.environ.update(
+        GATEWAY_CONFIG=str(settings.config),
+        GATEWAY_HOST=settings.host,
+        GATEWAY_PORT=str(settings.port),
+        GATEWAY_WORKERS=str(settings.workers),
+    )
+    try:
+        workers.GatewayApplication(settings).run()
+    finally:
+        workers.cleanup_metrics_dir()
 
 
 @app.command()

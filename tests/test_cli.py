@@ -39,6 +39,25 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out == f"agent-gateway {__version__}\n"
 
 
+@pytest.mark.parametrize(
+    ("env", "kept_apart"),
+    [
+        ({}, "keys and usage (GATEWAY_STORE), rate limits (RATE_LIMIT_STORAGE), sessions (SESSION_STORAGE)"),
+        ({"GATEWAY_STORE": "redis", "SESSION_STORAGE": "memory"}, "sessions (SESSION_STORAGE)"),
+    ],
+)
+def test_several_workers_without_shared_state_are_refused(
+    env: dict[str, str], kept_apart: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    code = main(["serve", "--workers", "2", "--config", str(BUNDLED_CONFIG)])
+
+    assert code == 2
+    assert f"2 workers would each keep their own {kept_apart}; set GATEWAY_STORE=redis" in capsys.readouterr().err
+
+
 def test_check_prints_the_route_table_of_the_bundled_config(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", "--config", str(BUNDLED_CONFIG)])
 

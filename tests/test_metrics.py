@@ -370,17 +370,24 @@ def answered_by_both(before: dict[str, float], after: dict[str, float]) -> bool:
 
 
 @pytest.mark.redis
-def test_workers_under_gunicorn_show_one_total_whichever_answers(redis_url: str, tmp_path: Path, logs: Path) -> None:
+@pytest.mark.parametrize("launch", ["gateway serve --workers 2", "gunicorn -c python:gateway.gunicorn_conf"])
+def test_workers_under_gunicorn_show_one_total_whichever_answers(
+    redis_url: str, tmp_path: Path, logs: Path, launch: str
+) -> None:
     config = tmp_path / "agents.yaml"
     config.write_text(WORKER_CONFIG)
     directory = tmp_path / "prometheus"
     directory.mkdir()
+    (directory / "stale.db").write_bytes(b"")  # a leftover of an earlier run: cleared before the workers start
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "uvicorn_worker.UvicornWorker",
-            "--bind", f"127.0.0.1:{port}", "--no-control-socket", "gateway.app:create_app()"]  # fmt: skip
+    module = "gateway" if launch.startswith("gateway") else "gunicorn"
+    argv = [sys.executable, "-m", module, *launch.split()[1:]]
     env = {
         "GATEWAY_CONFIG": str(config),
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_WORKERS": "2",
         "GATEWAY_STORE": "redis",
+        "GATEWAY_STATE_DIR": str(tmp_path / "state"),
         "REDIS_URL": redis_url,
         "PROMETHEUS_MULTIPROC_DIR": str(directory),
     }
@@ -410,5 +417,6 @@ def test_workers_under_gunicorn_show_one_total_whichever_answers(redis_url: str,
             assert scrapes < 200, "one worker answered every scrape"
             samples = parse(httpx.get(server.url + "/metrics").text)
             scrapes += 1
+        assert not (directory / "stale.db").exists()
     finally:
-        server.stop()
+        assert server.stop() == 0  # SIGTERM: every worker drains and the arbiter exits cleanly
