@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.app import create_app, preflight
 from gateway.auth import AuthRefused
+from gateway.completion import register as register_completion
 from gateway.keys_cli import columns, keys_app
 from gateway.observability import configure_logging
 from gateway.routing import ConfigError, RoutingTable, load_routes
@@ -186,3 +187,7 @@ def check(
 def version() -> None:
     """Print the version."""
     typer.echo(f"agent-gateway {__version__}")
+
+
+# Last, so that `gateway --help` lists it after the everyday commands.
+register_completion(app)

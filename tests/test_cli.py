@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -51,6 +52,10 @@ def test_several_workers_without_shared_state_are_refused(
 ) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    root = logging.getLogger()
+    # `serve` points logging at this test's captured stderr; the next tests must not write to it once closed.
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
 
     code = main(["serve", "--workers", "2", "--config", str(BUNDLED_CONFIG)])
 
