@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+
+from gateway.settings import SENTINEL_SCHEME
 
 
 class RedisConnection:
@@ -26,18 +30,31 @@ class RedisConnection:
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._client: redis.asyncio.Redis | None = None
+        self._sentinel: Sentinel | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     def open(self) -> None:
         """Make the pool (connections are opened on first use) and register the scripts."""
-        self._client = redis.asyncio.from_url(
-            self._url,
-            decode_responses=False,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            socket_connect_timeout=self._connect_timeout,
-            socket_timeout=self._timeout,
-        )
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "socket_connect_timeout": self._connect_timeout,
+            "socket_timeout": self._timeout,
+        }
+        sentinel = parse_sentinel_url(self._url)
+        if sentinel is None:
+            self._client = redis.asyncio.from_url(self._url, **options)
+        else:
+            # The master's address comes from the sentinels, asked again whenever a connection to it fails: after
+            # a failover the next call goes to the new master.
+            addresses, master, db, password = sentinel
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                addresses,
+                sentinel_kwargs={"socket_connect_timeout": self._connect_timeout, "socket_timeout": self._timeout},
+                **options,
+            )
+            self._client = self._sentinel.master_for(master, db=db, password=password)
         # Registered once: calls go by SHA (EVALSHA) and load the script only when the server lacks it.
         self._scripts = {source: self._client.register_script(source) for source in self._sources}
 
@@ -45,6 +62,10 @@ class RedisConnection:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._sentinel is not None:
+            for connection in self._sentinel.sentinels:
+                await connection.aclose()
+            self._sentinel = None
 
     async def ping(self) -> bool:
         """Whether Redis answers; never raises."""
@@ -63,3 +84,23 @@ class RedisConnection:
     def script(self, source: str) -> AsyncScript:
         assert self._client is not None, "the Redis connection is not open"
         return self._scripts[source]
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None] | None:
+    """(sentinel addresses, master name, database, password) of a `redis+sentinel://` URL; None for another URL."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return None
+    rest = url[len(SENTINEL_SCHEME) :]
+    password = None
+    if "@" in rest:
+        credentials, rest = rest.rsplit("@", 1)
+        password = credentials.split(":", 1)[1] if ":" in credentials else credentials
+    hosts, _, path = rest.partition("/")
+    master, _, db = path.partition("/")
+    if not hosts or not master:
+        raise ValueError("a Sentinel URL names its sentinels and its master: redis+sentinel://host:port,.../master/db")
+    addresses = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        addresses.append((name or host, int(port) if name else 26379))
+    return addresses, master, int(db or 0), password

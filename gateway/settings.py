@@ -6,12 +6,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_ADMIN_KEY_LENGTH = 12
+SENTINEL_SCHEME = "redis+sentinel://"
 
 
 class Settings(BaseSettings):
@@ -33,6 +35,14 @@ class Settings(BaseSettings):
     state_dir: Path = Path("state")
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("GATEWAY_REDIS_URL", "REDIS_URL")
+    )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("GATEWAY_REDIS_SENTINELS", "REDIS_SENTINELS"),
+        description="Redis behind Sentinel: the sentinels' host:port, comma-separated (with REDIS_SENTINEL_MASTER).",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None, validation_alias=AliasChoices("GATEWAY_REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_MASTER")
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -78,7 +88,18 @@ class Settings(BaseSettings):
         default_factory=list, description="Peers whose X-Forwarded-For is believed (comma-separated)."
     )
 
-    @field_validator("trusted_proxies", mode="before")
+    @model_validator(mode="after")
+    def _sentinel(self) -> Settings:
+        # Everything that takes the default Redis URL (store, limiter, sessions, reload) then finds the master
+        # through the sentinels. The settings are frozen, hence the object.__setattr__.
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: set both, or neither")
+        if self.redis_sentinels and self.redis_sentinel_master:
+            url = sentinel_url(self.redis_sentinels, self.redis_sentinel_master, self.redis_url)
+            object.__setattr__(self, "redis_url", url)
+        return self
+
+    @field_validator("trusted_proxies", "redis_sentinels", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
@@ -102,3 +123,12 @@ def environ_with_dotenv() -> Mapping[str, str]:
     environment wins), as they may for the settings above."""
     from_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     return {**from_file, **os.environ}
+
+
+def sentinel_url(sentinels: list[str], master: str, url: str) -> str:
+    """The URL a `RedisConnection` takes for Redis behind Sentinel: the sentinels' `host:port` list, the master's
+    name, and the database and password of `url` (REDIS_URL), e.g. `redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0`."""
+    parts = urlsplit(url)
+    password = f":{parts.password}@" if parts.password else ""
+    db = parts.path.strip("/") or "0"
+    return f"{SENTINEL_SCHEME}{password}{','.join(sentinels)}/{master}/{db}"

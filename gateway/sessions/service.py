@@ -8,7 +8,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from gateway.agents import Agent, SessionSpec
 from gateway.errors import BadRequest, SessionNotFound
@@ -252,9 +251,8 @@ def _make_store(where: str) -> SessionStore:
 
 def _describe(url: str) -> str:
     """A Redis URL as it may be logged: scheme, host, port and database, never credentials."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def _observe(store: SessionStore, metrics: Metrics) -> None:
