@@ -27,7 +27,6 @@ import math
 import os
 import random
 import secrets
-import shutil
 import statistics
 import sys
 import tempfile
@@ -160,19 +159,6 @@ def tokens_body(options: Options) -> bytes:
 def latency_body() -> bytes:
     # Estimate 2 + 100 tokens against nginx's usage of 10: every request with limits is also settled, as most are.
     return b'{"model":"bench","messages":[{"role":"user","content":"Say ok."}],"max_tokens":100}'
-
-
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[Service]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise BenchError("redis-server is not on PATH (apt-get install redis-server)")
-    data = workdir / "redis"
-    data.mkdir()
-    port = procs.free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)]
-    with procs.running("redis", argv, port, workdir) as service:
-        yield service
 
 
 def gateway_env(store: str, state_dir: Path, redis_url: str, admin_key: str) -> dict[str, str]:
@@ -768,7 +754,7 @@ def bench(options: Options) -> int:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-accuracy-")))
         # Entered in this order, stopped in reverse: the gateways first, then the stand-ins and Redis.
-        store = stack.enter_context(redis_server(workdir))
+        store = stack.enter_context(procs.redis_server(workdir))
         redis_url = f"redis://127.0.0.1:{store.port}/0"
         redis_client = stack.enter_context(contextlib.closing(redis.Redis.from_url(redis_url)))
         nginx = stack.enter_context(procs.nginx_upstream(tools["nginx"], workdir))

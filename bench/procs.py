@@ -193,6 +193,20 @@ def stream_upstream(
         yield service
 
 
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[Service]:
+    """A throwaway redis-server: no snapshots, no append-only file, its directory in `workdir`."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not on PATH (apt-get install redis-server)")
+    data = workdir / "redis"
+    data.mkdir()
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)]
+    with running("redis", argv, port, workdir) as service:
+        yield service
+
+
 def agent_config(nginx_port: int, stream_port: int) -> str:
     return f"""version: "1.0"
 agents:
@@ -207,21 +221,25 @@ agents:
 BENCH_ADMIN_KEY = "bench-admin-key"
 
 
-def gateway_env(keys: bool) -> dict[str, str]:
+def gateway_env(keys: bool, settings: Mapping[str, str]) -> dict[str, str]:
     """The caller's environment without GATEWAY_* settings, so the gateway runs on its defaults (access log on,
-    JSON logs at info): a benchmark that quietly turned the access log off would flatter the gateway."""
+    JSON logs at info) except for the bench's own `settings`: a benchmark that quietly turned the access log off
+    would flatter the gateway."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     dropped = sorted(set(os.environ) - set(env))
     if dropped:
         print(f"ignoring {', '.join(dropped)} from the environment: the gateway runs on its defaults", flush=True)
     extra = {"GATEWAY_ADMIN_KEY": BENCH_ADMIN_KEY} if keys else {}
-    return {**env, **extra, "BENCH_UPSTREAM_KEY": "x"}
+    return {**env, **extra, **settings, "BENCH_UPSTREAM_KEY": "x"}
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, nginx_port: int, stream_port: int, keys: bool) -> Iterator[Service]:
+def gateway(
+    workdir: Path, nginx_port: int, stream_port: int, keys: bool, settings: Mapping[str, str] | None = None
+) -> Iterator[Service]:
     """`gateway serve` exactly as a user runs it, from a scratch working directory (so no stray `.env` applies
-    and nothing it writes lands in the repository)."""
+    and nothing it writes lands in the repository). `settings` are environment variables on top of the defaults,
+    such as GATEWAY_WORKERS."""
     config = workdir / "config"
     config.mkdir()
     (config / "bench.yaml").write_text(agent_config(nginx_port, stream_port))
@@ -230,15 +248,16 @@ def gateway(workdir: Path, nginx_port: int, stream_port: int, keys: bool) -> Ite
     if not command.exists():
         raise BenchError(f"{command} not found: run `pip install -e '.[dev]'` in this virtualenv first")
     argv = [str(command), "serve", "--config", str(config), "--port", str(port)]
-    with running("gateway", argv, port, workdir, env=gateway_env(keys), ready="/readyz") as service:
+    with running("gateway", argv, port, workdir, env=gateway_env(keys, settings or {}), ready="/readyz") as service:
         yield service
 
 
-def create_virtual_key(gateway: Service) -> str:
+def create_virtual_key(gateway: Service, limits: Mapping[str, int] | None = None) -> str:
     """A virtual key made through the admin API, as an operator would, for the load to authenticate with."""
+    body = {"name": "bench"} if limits is None else {"name": "bench", "limits": dict(limits)}
     request = urllib.request.Request(
         gateway.url + "/admin/keys",
-        data=json.dumps({"name": "bench"}).encode(),
+        data=json.dumps(body).encode(),
         headers={"authorization": f"Bearer {BENCH_ADMIN_KEY}", "content-type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -255,6 +274,30 @@ def cpu_ms(pid: int) -> float:
     """User plus system CPU time of the process, all its threads included, in milliseconds."""
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) * 1000 / CLOCK_TICKS
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every live descendant (gunicorn's arbiter and its workers, say), found by walking /proc for
+    parent pids: this kernel has no /proc/<pid>/task/<tid>/children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat(entry)[1]), []).append(int(entry))
+    found = [pid]
+    for parent in found:  # grows while it is walked: breadth first
+        found += children.get(parent, [])
+    return found
+
+
+def tree_cpu_ms(pid: int) -> float:
+    """CPU time of `pid` and its live descendants. Exact while none exits during a measurement: a child's time
+    moves to its parent's cutime only when reaped, and a worker that gunicorn replaced would be missing."""
+    total = 0.0
+    for member in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_ms(member)
+    return total
 
 
 def group_cpu_ms(pgid: int) -> float:

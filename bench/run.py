@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/run.py            # full run: under 2 minutes once the machine is idle
     .venv/bin/python bench/run.py --quick    # smoke run, a few seconds per phase
+    .venv/bin/python bench/run.py --workers 2 --store redis --limits --rate 500   # two workers sharing Redis
 
-Starts nginx (the non-streaming stand-in), an aiohttp SSE server (the streaming stand-in) and `gateway serve`
-on free 127.0.0.1 ports, measures every phase through the gateway and then directly against the stand-in,
-prints a Markdown table with the issue's targets marked PASS/MISS, and writes bench/results/<timestamp>.json.
+Starts nginx (the non-streaming stand-in), an aiohttp SSE server (the streaming stand-in), `gateway serve` and,
+with `--store redis`, a redis-server on free 127.0.0.1 ports, measures every phase through the gateway and then
+directly against the stand-in, prints a Markdown table with the issue's targets marked PASS/MISS, and writes
+bench/results/<timestamp>.json.
 docs/benchmarks.md says what each phase measures and why.
 """
 
@@ -55,6 +57,9 @@ class Options:
     interval_ms: float
     api_key: str
     auth: str
+    limits: bool
+    workers: int
+    store: str
     keep: bool
     quiet_wait: float
 
@@ -66,15 +71,20 @@ class Setup:
     gateway: Service
     nginx: Service
     stream: Service
+    redis: Service | None
 
     def check_alive(self) -> None:
-        for service in (self.gateway, self.nginx, self.stream):
-            service.check_alive()
+        for service in (self.gateway, self.nginx, self.stream, self.redis):
+            if service is not None:
+                service.check_alive()
 
     def cpu(self) -> dict[str, float]:
         """CPU ms used so far by each party. On 2 cores they compete, so this shows who was the bottleneck."""
+        redis = {} if self.redis is None else {"redis-server": procs.cpu_ms(self.redis.pid)}
         return {
-            "gateway": procs.cpu_ms(self.gateway.pid),
+            # With several workers: gunicorn's arbiter and every worker.
+            "gateway": procs.tree_cpu_ms(self.gateway.pid),
+            **redis,
             "nginx": procs.group_cpu_ms(self.nginx.pid),
             "stream stand-in": procs.cpu_ms(self.stream.pid),
             "python client": procs.cpu_ms(os.getpid()),
@@ -130,10 +140,31 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="keys (default): an admin key is set and requests carry a virtual key; none: no authentication",
     )
     parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="with --auth keys: the virtual key gets rpm and tpm limits far above the load, so every request takes "
+        "from both buckets and is settled, and none is refused",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes (GATEWAY_WORKERS; above 1, gunicorn)"
+    )
+    parser.add_argument(
+        "--store",
+        choices=("memory", "redis"),
+        default="memory",
+        help="where the gateway keeps keys, limits and sessions (GATEWAY_STORE); redis starts a redis-server. "
+        "The gateway refuses several workers with the memory store",
+    )
+    parser.add_argument(
         "--quiet-wait", type=float, help="wait up to this many seconds for an idle machine (default 60, quick 5)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every process's log")
     args = parser.parse_args(argv)
+    if args.limits and args.auth != "keys":
+        parser.error("--limits needs --auth keys: limits belong to a virtual key")
+    if args.workers > 1 and args.store != "redis":
+        # The gateway would refuse to start: each worker would keep its own keys, buckets and sessions.
+        parser.error("several workers need --store redis (the gateway refuses them with the memory store)")
 
     def pick(value: float | None, full: float, quick: float) -> float:
         return value if value is not None else (quick if args.quick else full)
@@ -152,6 +183,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         interval_ms=5.0,
         api_key=args.api_key,
         auth=args.auth,
+        limits=args.limits,
+        workers=args.workers,
+        store=args.store,
         keep=args.keep,
         quiet_wait=pick(args.quiet_wait, 60, 5),
     )
@@ -178,6 +212,10 @@ def probe(setup: Setup) -> None:
     timings = loadgen.run(loadgen.sequential_streams(urls, 1, setup.options.api_key))["gateway"]
     if not timings[0].complete:
         raise BenchError(f"a stream through the gateway did not end with [DONE]:\n{setup.gateway.tail()}")
+    try:
+        urllib.request.urlopen(setup.gateway.url + "/metrics", timeout=10).close()
+    except OSError as exc:
+        raise BenchError(f"the gateway's /metrics failed: {exc}") from None
 
 
 def saturation(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
@@ -208,6 +246,8 @@ def saturation(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
             metrics[f"{prefix}.cpu_ms_per_req"] = cpu["gateway"] / max(1, result.requests)
             metrics[f"{prefix}.cpu_pct"] = meter.share("gateway")
             metrics["sat.others_pct"] = meter.share("others")
+            if setup.redis is not None:
+                metrics["sat.redis.cpu_ms_per_req"] = cpu["redis-server"] / max(1, result.requests)
         raw[name] = {**vars(result), "cpu_ms": cpu}
         say(
             f"  {result.rps:,.0f} req/s, {result.requests:,} requests, {result.status_errors} non-2xx, "
@@ -281,6 +321,7 @@ def fixed_rate(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
         say(f"  p50 {result.percentile(50):.3f} ms, p99 {result.percentile(99):.3f} ms, {result.errors} failed")
         say(meter.summary())
     metrics["rate.added_p50_ms"] = metrics["rate.gateway.p50_ms"] - metrics["rate.direct.p50_ms"]
+    metrics["rate.rps"] = options.rate
     return metrics, raw
 
 
@@ -402,8 +443,22 @@ def measure(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
             raise BenchError(f"{phase.__name__}: the client failed: {exc!r}") from None
         metrics |= phase_metrics
         raw[phase.__name__] = phase_raw
-    metrics["rss.gateway.peak_mb"] = procs.status_kb(setup.gateway.pid, "VmHWM") / 1024
+    # Several workers: the largest process, which is what the per-process bound is about.
+    peaks = [procs.status_kb(pid, "VmHWM") for pid in procs.tree_pids(setup.gateway.pid)]
+    metrics["rss.gateway.peak_mb"] = max(peaks) / 1024
     return metrics, raw
+
+
+# Far above anything the bench sends (a few thousand requests a second), so none is refused.
+LIMITS = {"rpm": 10_000_000, "tpm": 1_000_000_000}
+
+
+def gateway_settings(options: Options, redis: Service | None) -> dict[str, str]:
+    """The environment that sets the gateway's workers and store; empty for the single-process default."""
+    settings = {"GATEWAY_WORKERS": str(options.workers)} if options.workers != 1 else {}
+    if redis is not None:
+        settings |= {"GATEWAY_STORE": "redis", "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"}
+    return settings
 
 
 def bench(options: Options) -> int:
@@ -423,25 +478,34 @@ def bench(options: Options) -> int:
         # Entered in this order, stopped in reverse: the gateway goes first, before its upstreams.
         nginx = stack.enter_context(procs.nginx_upstream(tools["nginx"], workdir))
         stream = stack.enter_context(procs.stream_upstream(workdir, options.chunks, options.interval_ms))
-        gateway = stack.enter_context(procs.gateway(workdir, nginx.port, stream.port, options.auth == "keys"))
+        redis = stack.enter_context(procs.redis_server(workdir)) if options.store == "redis" else None
+        settings = gateway_settings(options, redis)
+        gateway = stack.enter_context(procs.gateway(workdir, nginx.port, stream.port, options.auth == "keys", settings))
         if options.auth == "keys":
-            options = dataclasses.replace(options, api_key=procs.create_virtual_key(gateway))
-            say("auth: every request through the gateway carries a virtual key made with the admin API")
+            limits = LIMITS if options.limits else None
+            options = dataclasses.replace(options, api_key=procs.create_virtual_key(gateway, limits))
+            say(
+                "auth: every request through the gateway carries a virtual key made with the admin API"
+                + (f", limited to {LIMITS}" if limits else "")
+            )
         say(
             f"nginx on :{nginx.port}, stream stand-in on :{stream.port}, gateway (pid {gateway.pid}) on :{gateway.port}"
+            + (f", redis-server on :{redis.port}" if redis else "")
         )
+        say(f"gateway settings: {settings or 'the defaults'}")
         if options.quiet_wait > 0:
             busy = wait_for_quiet(options.quiet_wait)
             say(f"machine load before measuring: {busy:.0f}% of one core")
         started = time.monotonic()
-        metrics, raw = measure(Setup(options, tools["wrk"], gateway, nginx, stream))
+        metrics, raw = measure(Setup(options, tools["wrk"], gateway, nginx, stream, redis))
         info["seconds"] = round(time.monotonic() - started, 1)
         info["load_average_after"] = os.getloadavg()[0]
         with gateway.log.open("rb") as log:
             info["gateway_log_lines"] = sum(1 for _ in log)
     # The virtual key is a secret, even a throwaway one: results name only its prefix.
     info["options"] = {**vars(options), "api_key": options.api_key[:12] + "..."}
-    path = RESULTS / f"{datetime.datetime.now():%Y%m%d-%H%M%S}{'-quick' if options.quick else ''}.json"
+    shape = f"-{options.workers}w-{options.store}" if (options.workers, options.store) != (1, "memory") else ""
+    path = RESULTS / f"{datetime.datetime.now():%Y%m%d-%H%M%S}{shape}{'-quick' if options.quick else ''}.json"
     report.write_json(path, info, metrics, raw)
     say(f"\nmeasured in {info['seconds']}s; the gateway wrote {info['gateway_log_lines']:,} log lines\n")
     say(report.table(metrics))

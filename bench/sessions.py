@@ -37,7 +37,7 @@ import procs
 import redis
 import report
 import wrkload
-from accuracy import admin, gateway, redis_round_trip, redis_server
+from accuracy import admin, gateway, redis_round_trip
 from procs import BenchError, Service
 from run import CpuMeter, command_output, meta, say, wait_for_quiet
 
@@ -352,7 +352,7 @@ def bench(options: Options) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-sessions-")))
         # Entered in this order, stopped in reverse: the gateways first, then nginx and Redis.
-        store = stack.enter_context(redis_server(workdir))
+        store = stack.enter_context(procs.redis_server(workdir))
         redis_url = f"redis://127.0.0.1:{store.port}/0"
         nginx = stack.enter_context(procs.nginx_upstream(tools["nginx"], workdir))
         config = write_config(workdir, nginx.port)
