@@ -263,7 +263,7 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
         value = getattr(llm, name)
         if value is not None:
             defaults[name] = value
-    targets = tuple(_compile_target(llm, target, environ) for target in llm.targets or [TargetSpec()])
+    targets = tuple(_compile_target(spec.name, llm, t, environ) for t in llm.targets or [TargetSpec()])
     timeouts = llm.timeouts
     return Agent(
         name=spec.name,
@@ -289,13 +289,13 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
     )
 
 
-def _compile_target(llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
+def _compile_target(agent: str, llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
     key_env = target.api_key_env or llm.api_key_env or DEFAULT_KEY_ENVS.get(llm.provider)
     base_url = (target.base_url or llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/")
     return Target(
         name=target.name or urlsplit(base_url).netloc or llm.provider,
         base_url=base_url,
-        upstream_model=target.model or llm.model or "",
+        upstream_model=target.model or llm.model or agent,  # the mock answers as the agent's own name
         api_key_env=key_env,
         api_key=environ.get(key_env) if key_env else None,
         weight=target.weight,

@@ -190,3 +190,9 @@ def test_gateway_log_never_holds_secrets(client: openai.OpenAI, gateway: Process
     assert "POST /v1/chat/completions 200" in log
     assert UPSTREAM_KEY not in log
     assert "sk-client-key" not in log
+
+
+def test_the_mock_provider_answers_as_the_agent(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
+    assert completion.model == "demo"
+    assert completion.choices[0].message.content is not None
