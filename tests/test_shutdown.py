@@ -22,7 +22,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def accepts_connections(gateway: Process) -> bool:
     try:
         httpx.get(gateway.url + "/healthz", timeout=1.0)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+        # A connection the closing listener had already taken in is dropped without an answer: not accepting.
         return False
     return True
 
