@@ -104,3 +104,25 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
         name, _, port = host.rpartition(":")
         addresses.append((name or host, int(port) if name else 26379))
     return addresses, master, int(db or 0), password
+
+
+class RedisBacked:
+    """A store kept in Redis: its connection, opened and closed with the store, and the helpers its methods use."""
+
+    def __init__(self, url: str, scripts: Iterable[str], *, connect_timeout: float, timeout: float) -> None:
+        self._connection = RedisConnection(url, scripts, connect_timeout=connect_timeout, timeout=timeout)
+
+    async def open(self) -> None:
+        self._connection.open()
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    async def ping(self) -> bool:
+        return await self._connection.ping()
+
+    def _redis(self) -> redis.asyncio.Redis:
+        return self._connection.client
+
+    def _script(self, source: str) -> AsyncScript:
+        return self._connection.script(source)

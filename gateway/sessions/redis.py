@@ -33,12 +33,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
-import redis.asyncio
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.keys import utcnow
-from gateway.redis_connection import RedisConnection
+from gateway.redis_connection import RedisBacked
 from gateway.sessions.history import bound
 from gateway.sessions.store import AnyOwner, Owner, Session
 from gateway.store.base import ANONYMOUS
@@ -133,31 +131,14 @@ return 1
 """
 
 
-class RedisSessionStore:
+class RedisSessionStore(RedisBacked):
     name = "redis"
     # OSError too: a socket can fail below redis-py's own exception mapping.
     errors: tuple[type[Exception], ...] = (RedisError, OSError)
 
     def __init__(self, url: str, prefix: str = "gw:sess:") -> None:
+        super().__init__(url, (_CREATE, _GET, _APPEND, _TRIM, _DELETE), connect_timeout=0.25, timeout=0.5)
         self._prefix = prefix
-        self._connection = RedisConnection(
-            url, (_CREATE, _GET, _APPEND, _TRIM, _DELETE), connect_timeout=0.25, timeout=0.5
-        )
-
-    async def open(self) -> None:
-        self._connection.open()
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def ping(self) -> bool:
-        return await self._connection.ping()
-
-    def _redis(self) -> redis.asyncio.Redis:
-        return self._connection.client
-
-    def _script(self, source: str) -> AsyncScript:
-        return self._connection.script(source)
 
     def _record(self, session_id: str) -> str:
         return f"{self._prefix}s:{session_id}"

@@ -7,12 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
-import redis.asyncio
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.keys import KeyRecord
-from gateway.redis_connection import RedisConnection
+from gateway.redis_connection import RedisBacked
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 
 # Usage hashes outlive the windows anyone reports on (a year of days, two years of months), then clean themselves up.
@@ -52,32 +50,15 @@ return 1
 """
 
 
-class RedisStore:
+class RedisStore(RedisBacked):
     name = "redis"
     # Every replica writes here, so a per-process key cache may trust a lookup only briefly (revocation latency).
     cache_ttl: float = 0.5
     errors: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
+        super().__init__(url, (_CREATE_KEY, _FIND_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0)
         self._prefix = prefix
-        self._connection = RedisConnection(
-            url, (_CREATE_KEY, _FIND_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0
-        )
-
-    async def open(self) -> None:
-        self._connection.open()
-
-    async def close(self) -> None:
-        await self._connection.close()
-
-    async def ping(self) -> bool:
-        return await self._connection.ping()
-
-    def _redis(self) -> redis.asyncio.Redis:
-        return self._connection.client
-
-    def _script(self, source: str) -> AsyncScript:
-        return self._connection.script(source)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
