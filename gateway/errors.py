@@ -29,6 +29,7 @@ provider's 429 (``upstream_rate_limited``) is never counted as one of ours (``po
      │    ├── UpstreamUnavailable    503 upstream_unavailable (every target's circuit is open)
      │    └── UpstreamTimeout        504 upstream_timeout
      ├── StoreUnavailable            503 store_unavailable (Redis or the state directory is failing)
+     ├── ShuttingDown                503 gateway_shutting_down (cut at the drain timeout or a forced stop)
      └── InternalError               500 internal_error (a bug; logged with its traceback)
 """
 
@@ -203,6 +204,15 @@ class StoreUnavailable(GatewayError):
     error_class = "gateway_store_unavailable"
     type = "server_error"
     code = "store_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    """The process stopped before the request was done. A 503, so that the SDK's retry goes to another replica."""
+
+    status = 503
+    error_class = "gateway_shutdown"
+    type = "server_error"
+    code = "gateway_shutting_down"
 
 
 class InternalError(GatewayError):

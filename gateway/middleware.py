@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import ratelimit
-from gateway.errors import InternalError
+from gateway import ratelimit, sse
+from gateway.errors import GatewayError, InternalError, ShuttingDown
 from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
 
 error_logger = logging.getLogger("gateway.error")
 
 JSON = b"application/json"
+SSE = b"text/event-stream"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -60,6 +62,7 @@ class RequestContextMiddleware:
         request_id = request_id_from(scope["headers"])
         exchange = Exchange(request_id.decode(), scope["method"], scope["path"])
         scope.setdefault("state", {})["exchange"] = exchange
+        response = _Response(send)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -67,34 +70,75 @@ class RequestContextMiddleware:
                 elapsed = (time.perf_counter() - started) * 1000
                 exchange.ttfb_ms = round(elapsed, 3)
                 exchange.overhead_ms = round(max(0.0, elapsed - exchange.upstream_ms - exchange.waited_ms), 3)
-                headers = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", request_id),
-                    (b"x-gateway-overhead-ms", f"{exchange.overhead_ms:.2f}".encode()),
-                ]
-                if exchange.agent is not None:
-                    headers.append((b"x-gateway-agent", exchange.agent.encode()))
-                if exchange.ratelimit is not None:
-                    headers = with_limit_headers(headers, ratelimit.headers(exchange.ratelimit))
-                if exchange.session_id is not None:
-                    headers.append((b"x-session-id", exchange.session_id.encode()))
-                    headers.append((b"x-session-storage", (exchange.session_storage or "").encode()))
-                message["headers"] = headers
-            await send(message)
+                message["headers"] = _headers(message.get("headers", ()), exchange, request_id)
+            await response.send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             exchange.status = exchange.status or CLIENT_CLOSED_REQUEST  # left mid-body: nobody to answer
+        except asyncio.CancelledError:
+            # The server cut the request (drain timeout, or stopping at once): told so, where uvicorn would log
+            # "Exception in ASGI application" and answer 500, or drop the connection mid-stream.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            exchange.error_class = ShuttingDown.error_class
+            await response.fail(ShuttingDown("The gateway is shutting down and cut this request short; retry it."),
+                                send_with_id)  # fmt: skip
         except Exception:
             error_logger.exception("unhandled error", extra={"request_id": exchange.request_id})
             exchange.error_class = InternalError.error_class
-            if not exchange.status:
+            if not response.started:
                 error = InternalError(f"The gateway failed on this request (request id {exchange.request_id}).")
-                start = {"type": "http.response.start", "status": 500, "headers": [(b"content-type", JSON)]}
-                await send_with_id(start)
-                await send({"type": "http.response.body", "body": error.body()})
+                await response.fail(error, send_with_id)
         finally:
             exchange.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             for hook in self.on_complete:
                 hook(exchange)
+
+
+def _headers(
+    headers: Iterable[tuple[bytes, bytes]], exchange: Exchange, request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers with the gateway's own added: request id, overhead, agent, limits, session."""
+    added = [
+        *headers,
+        (b"x-request-id", request_id),
+        (b"x-gateway-overhead-ms", f"{exchange.overhead_ms:.2f}".encode()),
+    ]
+    if exchange.agent is not None:
+        added.append((b"x-gateway-agent", exchange.agent.encode()))
+    if exchange.ratelimit is not None:
+        added = with_limit_headers(added, ratelimit.headers(exchange.ratelimit))
+    if exchange.session_id is not None:
+        added.append((b"x-session-id", exchange.session_id.encode()))
+        added.append((b"x-session-storage", (exchange.session_storage or "").encode()))
+    return added
+
+
+class _Response:
+    """How far one response has gone, so that a failure reaches the client in the form it can still take."""
+
+    __slots__ = ("_send", "finished", "started", "streaming")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = self.streaming = self.finished = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.streaming = any(n == b"content-type" and v.startswith(SSE) for n, v in message["headers"])
+        elif message["type"] == "http.response.body":
+            self.finished = not message.get("more_body", False)
+        await self._send(message)
+
+    async def fail(self, error: GatewayError, start: Send) -> None:
+        """An error response if nothing was sent yet (`start` adds the gateway's headers); an error event that
+        ends a stream already under way; nothing for a whole answer already sent."""
+        if not self.started:
+            await start({"type": "http.response.start", "status": error.status, "headers": [(b"content-type", JSON)]})
+            await self.send({"type": "http.response.body", "body": error.body()})
+        elif self.streaming and not self.finished:
+            await self.send({"type": "http.response.body", "body": sse.error_event(error.payload())})

@@ -68,9 +68,8 @@ class StreamRelay(Response):
             if pump not in done or isinstance(pump.exception(), OSError):  # OSError: the client went away mid-send
                 self.outcome = "client_disconnected"
         except asyncio.CancelledError:
-            # The server is cutting the streams that outlived its drain timeout.
+            # The server is cutting the streams that outlived its drain timeout (the middleware tells the client).
             self.outcome = "cut_at_shutdown"
-            self.exchange.error_class = "gateway_shutdown"
             raise
         finally:
             self.upstream.close()
