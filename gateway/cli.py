@@ -152,10 +152,7 @@ def serve_workers(settings: Settings) -> None:
         GATEWAY_PORT=str(settings.port),
         GATEWAY_WORKERS=str(settings.workers),
     )
-    try:
-        workers.GatewayApplication(settings).run()
-    finally:
-        workers.cleanup_metrics_dir()
+    workers.GatewayApplication(settings).run()
 
 
 @app.command()

@@ -10,6 +10,7 @@ import gc
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer
 from gateway.settings import Settings, environ_with_dotenv
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+MADE_HERE = "gateway-metrics-"  # the prefix of a metrics directory the arbiter made, and removes at exit
 
 
 class MultiWorkerRefused(Exception):
@@ -59,6 +61,11 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # A worker that is busy streaming does not heartbeat late: this is only for a hung one.
         "timeout": 60,
         "keepalive": 5,
+        # Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new connections over them by
+        # hash. On one shared socket, the worker that wakes first accepts a whole burst: 64 keep-alive connections
+        # opened at once measured 100 % of one core for two workers, against 165 % with a socket each. Linux only:
+        # elsewhere SO_REUSEPORT does not balance.
+        "reuse_port": sys.platform == "linux",
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level,
@@ -67,6 +74,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "on_starting": on_starting,
         "child_exit": child_exit,
+        "on_exit": on_exit,
         "post_fork": post_fork,
     }
 
@@ -75,12 +83,21 @@ def on_starting(server: Any) -> None:
     """In the arbiter, before any worker: the directory where the workers' metrics meet, empty."""
     directory = os.environ.get(METRICS_DIR_VARIABLE)
     if not directory:
-        directory = tempfile.mkdtemp(prefix="gateway-metrics-")
+        directory = tempfile.mkdtemp(prefix=MADE_HERE)
         os.environ[METRICS_DIR_VARIABLE] = directory
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.db"):  # counters of an earlier run must not add to this one's
         leftover.unlink()
+
+
+def on_exit(server: Any) -> None:
+    """In the arbiter, after the last worker: remove the metrics directory `on_starting` made. Not in a `finally`
+    around the arbiter's run: a forked worker unwinds through that frame when it exits, and the first worker to
+    stop would delete the directory under the others."""
+    directory = os.environ.get(METRICS_DIR_VARIABLE, "")
+    if directory and Path(directory).name.startswith(MADE_HERE):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -108,7 +125,6 @@ class GatewayWorker(UvicornWorker):  # type: ignore[misc]
         server = DrainingServer(
             self.config, app.state.runtime, delay=settings.shutdown_delay, drain_timeout=settings.drain_timeout
         )
-        self._install_sigquit_handler()
         gc.freeze()
         await server.serve(sockets=self.sockets)
         if not server.started:
@@ -145,10 +161,3 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Starlette:
         return create_worker_app()
-
-
-def cleanup_metrics_dir() -> None:
-    """Remove the metrics directory `on_starting` made, when it made one (a user's own is left alone)."""
-    directory = os.environ.get(METRICS_DIR_VARIABLE, "")
-    if directory and Path(directory).name.startswith("gateway-metrics-"):
-        shutil.rmtree(directory, ignore_errors=True)
