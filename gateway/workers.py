@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -80,7 +82,12 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def on_starting(server: Any) -> None:
-    """In the arbiter, before any worker: the directory where the workers' metrics meet, empty."""
+    """In the arbiter, before any worker: the listening address checked, and the directory where the workers'
+    metrics meet, empty."""
+    if server.cfg.reuse_port:
+        for address in server.cfg.address:
+            if isinstance(address, tuple):
+                check_listenable(address[0], int(address[1]))
     directory = os.environ.get(METRICS_DIR_VARIABLE)
     if not directory:
         directory = tempfile.mkdtemp(prefix=MADE_HERE)
@@ -89,6 +96,26 @@ def on_starting(server: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.db"):  # counters of an earlier run must not add to this one's
         leftover.unlink()
+
+
+def check_listenable(host: str, port: int) -> None:
+    """Refuse an address the workers could not listen on, or would share with a process already there.
+
+    With a socket per worker the arbiter binds nothing, so a port in use would only fail in the workers, which
+    gunicorn restarts forever; and SO_REUSEPORT lets a second gateway of the same user join a port the first
+    one serves, each then getting half the connections. gunicorn prints the RuntimeError and exits 1.
+    """
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    with contextlib.suppress(OSError), socket.create_connection((local, port), timeout=0.5):
+        raise RuntimeError(f"{host}:{port} is in use: something already accepts connections there")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def on_exit(server: Any) -> None:

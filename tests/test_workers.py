@@ -6,6 +6,9 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,8 +28,17 @@ CHAT = "/v1/chat/completions"
 
 
 def worker_pids(arbiter: Process) -> list[int]:
-    children = Path(f"/proc/{arbiter.proc.pid}/task/{arbiter.proc.pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+    """The arbiter's children, by the parent pid in each /proc/<pid>/stat (not every kernel has
+    /proc/<pid>/task/<tid>/children)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == arbiter.proc.pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def wait_for_workers(arbiter: Process, count: int = 2) -> list[int]:
@@ -73,6 +85,34 @@ def test_connections_opened_at_once_are_spread_over_the_workers(redis_url: str, 
     assert sum(counted) == 64
     assert len(counted) == 2, counted
     assert counted[0] > 16, counted
+
+
+@pytest.mark.parametrize(
+    ("taken_by", "error"),
+    [
+        ("a listening server", "is in use: something already accepts connections there"),
+        ("a bound socket", "Address already in use"),
+    ],
+)
+def test_a_port_in_use_stops_the_arbiter_with_a_message(
+    redis_url: str, tmp_path: Path, taken_by: str, error: str
+) -> None:
+    # With a socket per worker the arbiter binds nothing itself: unchecked, each worker would fail to bind and
+    # gunicorn would restart them forever (or, had the other process set SO_REUSEPORT, share its port).
+    config = tmp_path / "agents.yaml"
+    config.write_text(WORKER_CONFIG)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        if taken_by == "a listening server":
+            taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "GATEWAY_WORKERS": "2", "GATEWAY_STORE": "redis", "REDIS_URL": redis_url,
+               "GATEWAY_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert error in result.stderr
 
 
 def test_sigterm_to_every_process_drains_every_worker_and_writes_the_usage(
