@@ -446,6 +446,9 @@ def measure(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     # Several workers: the largest process, which is what the per-process bound is about.
     peaks = [procs.status_kb(pid, "VmHWM") for pid in procs.tree_pids(setup.gateway.pid)]
     metrics["rss.gateway.peak_mb"] = max(peaks) / 1024
+    # The shape measured, which decides the targets that apply (report.targets).
+    metrics["shape.workers"] = setup.options.workers
+    metrics["shape.redis"] = float(setup.redis is not None)
     return metrics, raw
 
 

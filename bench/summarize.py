@@ -17,7 +17,6 @@ import report
 
 
 def load(paths: list[Path], include_quick: bool) -> list[dict[str, Any]]:
-    # The accuracy benchmark writes its own results beside these; they are summarised in its own table.
     # The accuracy and sessions benches report other measures: their files are summarized by their own tables.
     others = ("accuracy", "sessions")
     runs = [run for run in (json.loads(path.read_text()) for path in paths) if run["meta"].get("bench") not in others]
@@ -26,6 +25,9 @@ def load(paths: list[Path], include_quick: bool) -> list[dict[str, Any]]:
         print(f"skipping {len(runs) - len(full)} --quick run(s); pass --include-quick to count them")
     if not full:
         raise SystemExit("no runs to summarize")
+    shapes = {(run["meta"]["options"].get("workers", 1), run["meta"]["options"].get("store", "memory")) for run in full}
+    if len(shapes) > 1:
+        raise SystemExit(f"runs of several shapes (workers, store): {sorted(shapes)}; summarize each on its own")
     return sorted(full, key=lambda run: str(run["meta"]["date"]))
 
 
@@ -37,11 +39,11 @@ def medians(runs: list[dict[str, Any]]) -> report.Metrics:
     }
 
 
-def per_run(runs: list[dict[str, Any]]) -> str:
+def per_run(runs: list[dict[str, Any]], targets: tuple[report.Target, ...]) -> str:
     """Each target's metric in each run, so the spread behind every median is visible."""
     header = "| metric | target | " + " | ".join(f"run {i}" for i in range(1, len(runs) + 1)) + " |"
     lines = [header, "|---|---|" + "--:|" * len(runs)]
-    for target in report.TARGETS:
+    for target in targets:
         values = [report.derive(run["metrics"]).get(target.key) for run in runs]
         cells = " | ".join("-" if v is None else f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}" for v in values)
         lines.append(f"| {target.key} | {target.op} {target.limit:g} | {cells} |")
@@ -57,9 +59,10 @@ def main() -> None:
     dates = [run["meta"]["date"] for run in runs]
     commits = sorted({run["meta"]["commit"] for run in runs})
     print(f"{len(runs)} run(s) from {dates[0]} to {dates[-1]}; commit(s): {', '.join(commits)}\n")
-    print(report.table(medians(runs)))
+    metrics = medians(runs)
+    print(report.table(metrics))
     print()
-    print(per_run(runs))
+    print(per_run(runs, report.targets(metrics)))
 
 
 if __name__ == "__main__":
