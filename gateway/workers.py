@@ -77,6 +77,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "on_starting": on_starting,
         "child_exit": child_exit,
         "on_exit": on_exit,
+        "when_ready": when_ready,
         "post_fork": post_fork,
     }
 
@@ -96,6 +97,17 @@ def on_starting(server: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for leftover in path.glob("*.db"):  # counters of an earlier run must not add to this one's
         leftover.unlink()
+
+
+def when_ready(server: Any) -> None:
+    """In the arbiter: where the workers listen, since gunicorn's own "Listening at:" names no address when each
+    worker binds its own socket."""
+    if server.cfg.reuse_port:
+        addresses = ", ".join(
+            f"http://{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+            for address in server.cfg.address
+        )
+        server.log.info("%d workers listening on %s, a socket each", server.cfg.workers, addresses)
 
 
 def check_listenable(host: str, port: int) -> None:
