@@ -18,6 +18,7 @@ import yaml
 from gateway.routing import load_routes
 from tests.support.processes import Process, free_port
 from tests.test_deploy_manifests import CHART, ENVIRONMENTS, KUBERNETES_VERSION, env_of, load
+from tests.test_reload import wait_for
 
 HELM = Path(sys.executable).parent / "helm"
 RELEASE = "gw"
@@ -270,7 +271,8 @@ def test_the_rendered_production_container_starts_and_is_ready(redis_url: str, t
         key = {"authorization": f"Bearer {created.json()['secret']}"}
         models = httpx.get(gateway.url + "/v1/models", headers=key).json()
         assert [model["id"] for model in models["data"]] == ["support-bot"]
+        # The Deployment's two workers both come up (the first answers before the second has started).
+        assert env["GATEWAY_WORKERS"] == "2"
+        wait_for(lambda: gateway.log().count("Application startup complete") == 2, timeout=20)
     finally:
         assert gateway.stop() == 0
-    log = gateway.log()
-    assert log.count("Application startup complete") == int(env["GATEWAY_WORKERS"]) == 2
