@@ -15,39 +15,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import aiohttp
+import loadgen
 import procs
 
-BODY = {"model": "bench-stream", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+CHAT = "/v1/chat/completions"
 LIMITS = {"rpm": 10_000_000, "tpm": 1_000_000_000}
 
 
-async def ttfb_ms(session: aiohttp.ClientSession, url: str, key: str) -> float:
-    """Milliseconds until the first chunk holding an SSE event; the rest of the stream is read and dropped."""
-    started = time.perf_counter()
-    first = float("nan")
-    async with session.post(f"{url}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"}) as r:
-        async for chunk in r.content.iter_any():
-            if math.isnan(first) and b"data:" in chunk:
-                first = (time.perf_counter() - started) * 1000
-    return first
-
-
 async def measure(targets: dict[str, tuple[str, str]], rounds: int) -> dict[str, list[float]]:
+    """TTFB in ms per shape, `rounds` streams each, the shapes taking turns on kept-alive connections (as
+    `loadgen.sequential_streams` does, with a key per gateway)."""
     samples: dict[str, list[float]] = {name: [] for name in targets}
-    async with aiohttp.ClientSession() as session:
-        for _ in range(3):  # warm-up: connections and caches
-            for url, key in targets.values():
-                await ttfb_ms(session, url, key)
-        for _ in range(rounds):
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(loadgen.session(limit=1)) for name in targets}
+        for warming in (True,) * 3 + (False,) * rounds:
             for name, (url, key) in targets.items():
-                samples[name].append(await ttfb_ms(session, url, key))
+                timing = await asyncio.wait_for(loadgen.stream_once(clients[name], url + CHAT, key), timeout=30)
+                if not timing.complete:
+                    raise procs.BenchError(f"a stream through {name} did not complete")
+                if not warming:
+                    samples[name].append(timing.ttfb_ms)
     return samples
 
 
