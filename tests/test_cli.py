@@ -21,7 +21,7 @@ from tests.support.processes import Process, free_port, start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CONFIG = ROOT / "config"
-REFERENCE_AGENTS = ROOT.parent / "shared" / "reference-agents"
+REFERENCE_AGENTS = Path(__file__).resolve().parent / "fixtures" / "reference-agents"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
 
 

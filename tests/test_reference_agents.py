@@ -25,8 +25,8 @@ from redis.retry import Retry
 
 from tests.support.processes import ROOT, Process, start_gateway
 
-# The files users start from; they live beside the repository, so the path may be pointed elsewhere.
-REFERENCE_AGENTS = Path(os.environ.get("REFERENCE_AGENTS_DIR", ROOT.parent / "shared" / "reference-agents"))
+# The files users start from, copied into the fixtures; the path may be pointed at another copy.
+REFERENCE_AGENTS = Path(os.environ.get("REFERENCE_AGENTS_DIR", ROOT / "tests" / "fixtures" / "reference-agents"))
 UPSTREAM_KEY = "sk-test-upstream"
 # Where 04-complete.yaml's `redis://localhost:6379` leads: not ours, so only read (never flushed), and the sessions
 # the gateway puts there are deleted through the API.

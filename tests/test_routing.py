@@ -11,7 +11,7 @@ from gateway.routing import ConfigError, RoutingTable, load_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CONFIG = ROOT / "config"
-REFERENCE_AGENTS = ROOT.parent / "shared" / "reference-agents"
+REFERENCE_AGENTS = Path(__file__).resolve().parent / "fixtures" / "reference-agents"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
 
 # A missing or empty reference folder becomes a parameter of its own, so the load test fails instead of skipping.
