@@ -30,7 +30,6 @@ from gateway.errors import (
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
-    RateLimited,
     StoreUnavailable,
 )
 from gateway.exchange import Exchange, exchange_of
@@ -311,7 +310,7 @@ async def _render_gateway_error(request: Request, exc: Exception) -> Response:
     if isinstance(exchange, Exchange):
         exchange.error_class = _POLICY_CLASSES.get(exchange.limited or "", exc.error_class)
     response = Response(exc.body(), status_code=exc.status, media_type="application/json")
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+    if exc.retry_after is not None:
         wait = exc.retry_after
         response.raw_headers += [(b"retry-after", str(math.ceil(wait)).encode()),
                                  (b"retry-after-ms", str(math.ceil(wait * 1000)).encode())]  # fmt: skip
@@ -323,7 +322,7 @@ async def _render_store_error(request: Request, exc: Exception) -> Response:
     runtime: Runtime = request.app.state.runtime
     if runtime.store.name == "redis":
         runtime.metrics.redis_error("store")
-    error = StoreUnavailable("The gateway's key and usage store is unavailable; retry shortly.")
+    error = StoreUnavailable("The gateway's key and usage store is unavailable; retry shortly.", retry_after=1.0)
     return await _render_gateway_error(request, error)
 
 

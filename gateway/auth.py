@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, PermissionDenied, StoreUnavailable
 from gateway.keys import KeyRecord, hash_secret, utcnow
 from gateway.store.base import Store
 
@@ -45,6 +45,9 @@ def is_loopback(host: str) -> bool:
 _CACHE_SIZE = 10_000
 # How long a cached valid key keeps working while the store cannot be reached.
 STALE_SECONDS = 300.0
+# After a failed lookup, the store is left alone this long: lookups meanwhile are answered from the cache or
+# refused at once, so a frozen store costs one timeout a second rather than one per request.
+RETRY_STORE_AFTER = 1.0
 
 
 def presented_secret(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -67,11 +70,15 @@ class Authenticator:
     change made on another worker or replica is seen within that time.
     """
 
-    def __init__(self, store: Store, mode: AuthMode, cache_ttl: float) -> None:
+    def __init__(
+        self, store: Store, mode: AuthMode, cache_ttl: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.mode = mode
         self._ttl = cache_ttl
+        self._clock = clock
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._resting_until = 0.0
 
     async def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> KeyRecord | None:
         """The caller's key (None in mode `none`); raises `AuthenticationFailed`."""
@@ -96,20 +103,28 @@ class Authenticator:
         return record
 
     async def _lookup(self, secret_hash: str) -> KeyRecord | None:
-        if self._ttl <= 0:
-            return await self.store.find_key(secret_hash)
-        now = time.monotonic()
+        now = self._clock()
         cached = self._cache.get(secret_hash)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        # While the store is away no key can change either: a key seen recently keeps working (for at most
+        # STALE_SECONDS), an unknown one is refused with 503 rather than 401, since it may well be valid.
+        stale = cached[1] if cached is not None and now - cached[0] < STALE_SECONDS else None
+        if now < self._resting_until:
+            if stale is not None:
+                return stale
+            raise StoreUnavailable(
+                "The gateway's key store is unavailable; retry shortly.", retry_after=self._resting_until - now
+            )
         try:
             record = await self.store.find_key(secret_hash)
         except self.store.errors:
-            # While the store is away no key can change either: a key seen recently keeps working (for at most
-            # STALE_SECONDS), an unknown one is refused with 503 rather than 401, since it may well be valid.
-            if cached is not None and cached[1] is not None and now - cached[0] < STALE_SECONDS:
-                return cached[1]
+            self._resting_until = self._clock() + RETRY_STORE_AFTER
+            if stale is not None:
+                return stale
             raise
+        if self._ttl <= 0:
+            return record
         if len(self._cache) >= _CACHE_SIZE:
             # Cheaper than LRU bookkeeping, and entries only live a moment anyway; valid keys are kept so that a
             # flood of made-up keys cannot push them out before a store outage.

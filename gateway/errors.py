@@ -28,7 +28,7 @@ provider's 429 (``upstream_rate_limited``) is never counted as one of ours (``po
      │    ├── UpstreamNotConfigured  503 upstream_not_configured
      │    ├── UpstreamUnavailable    503 upstream_unavailable (every target's circuit is open)
      │    └── UpstreamTimeout        504 upstream_timeout
-     ├── StoreUnavailable            503 store_unavailable (Redis or the state directory is failing)
+     ├── StoreUnavailable            503 store_unavailable (Redis or the state directory is failing; Retry-After)
      ├── ShuttingDown                503 gateway_shutting_down (cut at the drain timeout or a forced stop)
      └── InternalError               500 internal_error (a bug; logged with its traceback)
 """
@@ -45,6 +45,8 @@ class GatewayError(Exception):
     error_class: ClassVar[str] = "gateway_internal"
     type: ClassVar[str] = "server_error"
     code: ClassVar[str | None] = "internal_error"
+    # Seconds the client should wait before trying again (`Retry-After`), where the error knows.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -204,6 +206,10 @@ class StoreUnavailable(GatewayError):
     error_class = "gateway_store_unavailable"
     type = "server_error"
     code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ShuttingDown(GatewayError):

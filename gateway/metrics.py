@@ -19,7 +19,6 @@ other path), error classes from the closed vocabulary of `errors.py` ("" for a s
     gateway_circuit_state{agent, target}                       gauge      0 closed, 1 half_open, 2 open
     gateway_circuit_transitions_total{agent, target, state}    counter    a breaker moved to `state`
     gateway_redis_errors_total{component}                      counter    component: store|limiter|sessions
-    gateway_session_fallbacks_total{store}                     counter    session operations served from memory
 
 Under a multi-process server (gunicorn workers), set `PROMETHEUS_MULTIPROC_DIR` to an empty directory before the
 server starts: prometheus-client then keeps every worker's values in files there, and /metrics, whichever worker
@@ -214,12 +213,6 @@ class Metrics:
             ("component",),
             registry=into,
         )
-        self._session_fallbacks = Counter(
-            "gateway_session_fallbacks_total",
-            "Session operations served from memory because their Redis was unreachable.",
-            ("store",),
-            registry=into,
-        )
         self._request_children: dict[tuple[str, str, int, str], Counter] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._stream_children: dict[tuple[str, str], Counter] = {}
@@ -302,10 +295,6 @@ class Metrics:
     def redis_error(self, component: str) -> None:
         """A Redis call failed; `component`: store, limiter or sessions."""
         self._redis_errors.labels(component).inc()
-
-    def session_fallback(self, store: str) -> None:
-        """A session operation was served from memory because its Redis was unreachable."""
-        self._session_fallbacks.labels(store).inc()
 
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics in the format the scraper asks for: Prometheus text, or OpenMetrics."""

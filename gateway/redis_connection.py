@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.settings import SENTINEL_SCHEME
+
+T = TypeVar("T")
 
 
 class RedisConnection:
@@ -76,6 +79,21 @@ class RedisConnection:
         except (RedisError, OSError):
             return False
 
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation`, and once more on fresh connections if its connection failed.
+
+        After Redis restarts, every pooled connection is dead but looks alive until used: without this, each
+        would fail one call, and each failure would count as Redis being down. Only for operations that are safe
+        to repeat (reads, and writes made idempotent), since the first attempt may have been applied before its
+        reply was lost. A timeout is not retried: a frozen Redis would cost the caller twice.
+        """
+        try:
+            return await operation()
+        except (RedisConnectionError, ConnectionError):
+            if self._client is not None:
+                await self._client.connection_pool.disconnect()
+            return await operation()
+
     @property
     def client(self) -> redis.asyncio.Redis:
         assert self._client is not None, "the Redis connection is not open"
@@ -123,6 +141,9 @@ class RedisBacked:
 
     def _redis(self) -> redis.asyncio.Redis:
         return self._connection.client
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        return await self._connection.call(operation)
 
     def _script(self, source: str) -> AsyncScript:
         return self._connection.script(source)

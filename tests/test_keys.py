@@ -404,6 +404,39 @@ def test_list_filters_are_exact(admin: Admin) -> None:
     assert admin.http.get("/admin/keys", params={"include_revoked": "maybe"}).status_code == 400
 
 
+def test_a_frozen_redis_holds_a_request_for_one_short_timeout_not_five_seconds_each(
+    upstream: Process, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A frozen Redis (a stalled host, a full disk) accepts connections and never answers: only timeouts notice.
+    redis_server.start()
+    redis_server.flush()
+    gateway = keyed_gateway(upstream, tmp_path, GATEWAY_STORE="redis", REDIS_URL=redis_server.url)
+    operator = Admin(gateway)
+    try:
+        key = operator.create()
+        # A client that gives up long before the five seconds a patient Redis client would wait.
+        with sdk(gateway, key["secret"]) as patient:
+            client = patient.with_options(timeout=2.5, max_retries=0)
+            client.chat.completions.create(model="test-chat", messages=MESSAGES)
+            redis_server.freeze()
+            try:
+                time.sleep(0.6)  # past the key cache's trust period: every lookup has to ask Redis
+                for _ in range(4):
+                    reply = client.chat.completions.create(model="test-chat", messages=MESSAGES)
+                    assert reply.choices[0].message.content
+                stranger = client.with_options(api_key="sk-gw-never-seen-before")
+                with pytest.raises(openai.InternalServerError) as caught:
+                    stranger.models.list()
+                assert caught.value.code == "store_unavailable"
+                assert 0 < float(caught.value.response.headers["retry-after-ms"]) <= 1000
+            finally:
+                redis_server.thaw()
+    finally:
+        operator.http.close()
+        gateway.stop()
+    assert "Traceback" not in gateway.log()
+
+
 def test_redis_outage_keeps_known_keys_working_and_answers_503_not_500(
     upstream: Process, redis_server: RedisServer, tmp_path: Path
 ) -> None:

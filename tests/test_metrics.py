@@ -215,7 +215,6 @@ async def test_retries_fallbacks_circuits_and_redis_trouble_are_counted() -> Non
     metrics.redis_error("limiter")
     metrics.redis_error("limiter")
     metrics.redis_error("sessions")
-    metrics.session_fallback("redis")
 
     samples = await samples_of(metrics)
     retries = "gateway_retries_total"
@@ -229,7 +228,6 @@ async def test_retries_fallbacks_circuits_and_redis_trouble_are_counted() -> Non
     assert value(samples, transitions, target="api.two") == 3
     assert value(samples, "gateway_redis_errors_total", component="limiter") == 2
     assert value(samples, "gateway_redis_errors_total", component="sessions") == 1
-    assert value(samples, "gateway_session_fallbacks_total", store="redis") == 1
 
 
 @pytest.mark.anyio

@@ -9,7 +9,7 @@ import pytest
 from gateway.agents import AgentSpec, compile_agent
 from gateway.errors import BadRequest, SessionNotFound
 from gateway.routing import RoutingTable
-from gateway.sessions.fallback import FallbackSessionStore
+from gateway.sessions.guarded import GuardedSessionStore
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.service import Sessions, requested_id
 from gateway.settings import Settings
@@ -61,10 +61,10 @@ async def test_storage_is_chosen_per_agent_and_stores_are_shared_by_place() -> N
     assert isinstance(await sessions.store_for(in_memory), MemorySessionStore)
     assert await sessions.store_for(in_memory) is await sessions.store_for(agent("m2"))
     redis_store = await sessions.store_for(in_redis)
-    assert isinstance(redis_store, FallbackSessionStore)
+    assert isinstance(redis_store, GuardedSessionStore)
     # A redis_url alone does not move an agent off the default storage (memory here).
     assert isinstance(await sessions.store_for(other_redis), MemorySessionStore)
-    assert isinstance(await service(other_redis, storage="redis").store_for(other_redis), FallbackSessionStore)
+    assert isinstance(await service(other_redis, storage="redis").store_for(other_redis), GuardedSessionStore)
     await sessions.close()
 
 

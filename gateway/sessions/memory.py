@@ -1,6 +1,6 @@
 """Sessions in this process: dicts, one lock per session, expired sessions dropped as they are met.
 
-Used when sessions are configured in memory, and as the fallback while Redis is away. Nothing survives a restart.
+Used when sessions are configured in memory. Nothing survives a restart, and only this process sees them.
 Messages are copied through JSON on the way in and out, so a caller can neither change stored history by mutating
 what it passed or got, nor store something Redis could not (both stores accept exactly the same messages).
 """
@@ -28,9 +28,7 @@ class MemorySessionStore:
     # Nothing here can be unavailable.
     errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self, max_sessions: int | None = None) -> None:
-        # A cap makes this a cache (the Redis fallback's mirror): past it, the least recently used session goes.
-        self._max_sessions = max_sessions
+    def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._messages: dict[str, builtins.list[dict[str, Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -50,18 +48,9 @@ class MemorySessionStore:
             self._sweep()
         if self._alive(session.id) is not None:
             return False
-        self._put(session, [])
-        return True
-
-    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
-        self._put(session, _copy(messages))
-
-    def _put(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
-        self._sessions.pop(session.id, None)  # re-inserted last, as in `get`
         self._sessions[session.id] = session
-        self._messages[session.id] = messages
-        if self._max_sessions is not None and len(self._sessions) > self._max_sessions:
-            self._drop(next(iter(self._sessions)))
+        self._messages[session.id] = []
+        return True
 
     async def get(
         self, session_id: str, *, owner: Owner = AnyOwner.ANY
@@ -69,13 +58,8 @@ class MemorySessionStore:
         session = self._alive(session_id)
         if session is None or (owner is not AnyOwner.ANY and session.key_id != owner):
             return None
-        session = session.touched(utcnow())
-        messages = self._messages.pop(session_id)
-        del self._sessions[session_id]
-        # Re-inserted last: dicts keep insertion order, which is the least-recently-used order for the cap.
-        self._sessions[session_id] = session
-        self._messages[session_id] = messages
-        return session, _copy(messages)
+        session = self._sessions[session_id] = session.touched(utcnow())
+        return session, _copy(self._messages[session_id])
 
     async def append(
         self,
@@ -98,8 +82,6 @@ class MemorySessionStore:
             history = self._messages[session_id] + added
             if max_messages is not None or max_tokens is not None:
                 history = bound(history, max_messages=max_messages, max_tokens=max_tokens)
-            # Re-inserted last: a write is a use, for the least-recently-used cap as for the TTL.
-            del self._sessions[session_id], self._messages[session_id]
             self._messages[session_id] = history
             self._sessions[session_id] = session.touched(utcnow())
         return True

@@ -9,6 +9,13 @@ Key layout (prefix `gw:sess:` by default):
   session, for the admin API. Index entries are not expired by Redis: listing skips and removes those whose record
   is gone, and each create drops the dead ones among a few random members, so an index nobody lists stays bounded.
 
+- `t:<turn id>`: a string that lives a minute, marking an append as done, so that one retried after its reply was
+  lost (Redis restarted under it) pushes nothing twice.
+
+Every call that fails on its connection is tried once more on fresh connections (`RedisConnection.call`), so each
+operation here is safe to repeat: reads, a create that recognises its own record, appends by their turn marker, a
+delete, and a rewrite guarded by `trims`.
+
 Appending is one Lua script: the record must exist, the messages are pushed as one block, both TTLs are refreshed.
 Nothing can interleave inside a script, so concurrent appends never lose messages and never split each other's.
 
@@ -29,7 +36,9 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import secrets
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import orjson
@@ -62,17 +71,19 @@ local function touch()
 end
 """
 # KEYS: the record, the owner's index, the global index, the messages. ARGV: the fields (data, owner, ttl_ms,
-# expires), the id, the score, the record key without the id (to check sampled index members), the sample size,
-# '1' to create only if the id is free (returns 0 if not) or '0' to replace, then the messages of a restore.
-# `trims` only grows, so that a rewrite planned on the history before a restore never applies to the restored one.
+# expires), the id, the score, the record key without the id (to check sampled index members), the sample size.
+# Returns 0 (and changes nothing) when the id is taken. `trims` only grows: a rewrite planned on an earlier session
+# under the same id never applies to this one.
 _CREATE = """
-if ARGV[9] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    -- The same record again is this create retried after its reply was lost: it did create the session.
+    if redis.call('HGET', KEYS[1], 'data') == ARGV[1] then return 1 end
+    return 0
+end
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'owner', ARGV[2], 'ttl_ms', ARGV[3], 'expires', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'trims', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[4])
-for i = 10, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
-if #ARGV >= 10 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
 for i = 2, 3 do
     for _, member in ipairs(redis.call('ZRANDMEMBER', KEYS[i], ARGV[8])) do
         if redis.call('EXISTS', ARGV[7] .. member) == 0 then redis.call('ZREM', KEYS[i], member) end
@@ -91,13 +102,16 @@ if not touch() then return false end
 return {redis.call('HGET', KEYS[1], 'data'), redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 )
-# ARGV[2]: '1' to return the history for bounding; ARGV[3..]: the messages. Returns {trims} or {trims, messages},
-# or false when the session is gone (then nothing is written).
+# KEYS[3]: the turn's marker. ARGV[2]: '1' to return the history for bounding; ARGV[3..]: the messages. Returns
+# {trims} or {trims, messages}, or false when the session is gone (then nothing is written). The marker makes a
+# retried append (its first reply lost with its connection) push nothing twice; it outlives any retry.
 _APPEND = (
     _TOUCH
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if redis.call('SET', KEYS[3], '1', 'NX', 'PX', 60000) then
+    for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
 touch()
 local trims = redis.call('HGET', KEYS[1], 'trims')
 if ARGV[2] == '1' then return {trims, redis.call('LRANGE', KEYS[2], 0, -1)} end
@@ -146,6 +160,9 @@ class RedisSessionStore(RedisBacked):
     def _history(self, session_id: str) -> str:
         return f"{self._prefix}m:{session_id}"
 
+    def _turn(self, turn_id: str) -> str:
+        return f"{self._prefix}t:{turn_id}"
+
     def _owner(self, key_id: str | None) -> str:
         return f"{self._owners()}{key_id or ANONYMOUS}"
 
@@ -156,12 +173,6 @@ class RedisSessionStore(RedisBacked):
         return f"{self._prefix}all"
 
     async def create(self, session: Session) -> bool:
-        return await self._put(session, [], only_new=True)
-
-    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
-        await self._put(session, messages, only_new=False)
-
-    async def _put(self, session: Session, messages: builtins.list[dict[str, Any]], *, only_new: bool) -> bool:
         keys = [self._record(session.id), self._owner(session.key_id), self._all(), self._history(session.id)]
         args: builtins.list[bytes | str | int] = [
             orjson.dumps(session.to_json()),
@@ -172,10 +183,8 @@ class RedisSessionStore(RedisBacked):
             _micros(session.created_at),
             self._record(""),
             _PRUNE_SAMPLE,
-            1 if only_new else 0,
-            *(orjson.dumps(message) for message in messages),
         ]
-        return bool(await self._script(_CREATE)(keys=keys, args=args))
+        return bool(await self._call(partial(self._script(_CREATE), keys=keys, args=args)))
 
     async def get(
         self, session_id: str, *, owner: Owner = AnyOwner.ANY
@@ -183,7 +192,7 @@ class RedisSessionStore(RedisBacked):
         now = utcnow()
         keys = [self._record(session_id), self._history(session_id)]
         wanted = "" if owner is AnyOwner.ANY else owner or ANONYMOUS
-        reply = await self._script(_GET)(keys=keys, args=[_micros(now), wanted])
+        reply = await self._call(partial(self._script(_GET), keys=keys, args=[_micros(now), wanted]))
         if reply is None:
             return None
         data, messages = reply
@@ -199,9 +208,9 @@ class RedisSessionStore(RedisBacked):
         max_tokens: int | None,
     ) -> bool:
         bounded = max_messages is not None or max_tokens is not None
-        keys = [self._record(session_id), self._history(session_id)]
+        keys = [self._record(session_id), self._history(session_id), self._turn(secrets.token_hex(12))]
         args = [_micros(utcnow()), 1 if bounded else 0, *(orjson.dumps(message) for message in messages)]
-        reply = await self._script(_APPEND)(keys=keys, args=args)
+        reply = await self._call(partial(self._script(_APPEND), keys=keys, args=args))
         if reply is None:
             return False
         for _ in range(_TRIM_ATTEMPTS if bounded else 0):
@@ -210,8 +219,9 @@ class RedisSessionStore(RedisBacked):
             kept = bound(history, max_messages=max_messages, max_tokens=max_tokens)
             if len(kept) == len(history):
                 break
-            args = [trims, len(snapshot), *(orjson.dumps(message) for message in kept)]
-            reply = await self._script(_TRIM)(keys=keys, args=args)
+            trim = [trims, len(snapshot), *(orjson.dumps(message) for message in kept)]
+            # Safe to repeat: a rewrite that landed moved `trims`, so its repeat only returns a fresh snapshot.
+            reply = await self._call(partial(self._script(_TRIM), keys=keys[:2], args=trim))
             if not reply:
                 break
         return True
@@ -225,6 +235,11 @@ class RedisSessionStore(RedisBacked):
         offset: int = 0,
         limit: int = 20,
         all_keys: bool = False,
+    ) -> tuple[builtins.list[Session], int]:
+        return await self._call(lambda: self._list(key_id, user_id, model, offset, limit, all_keys=all_keys))
+
+    async def _list(
+        self, key_id: str | None, user_id: str | None, model: str | None, offset: int, limit: int, *, all_keys: bool
     ) -> tuple[builtins.list[Session], int]:
         client = self._redis()
         index = self._all() if all_keys else self._owner(key_id)
@@ -254,7 +269,7 @@ class RedisSessionStore(RedisBacked):
 
     async def delete(self, session_id: str) -> bool:
         keys = [self._record(session_id), self._history(session_id), self._all()]
-        deleted = await self._script(_DELETE)(keys=keys, args=[self._owners(), session_id])
+        deleted = await self._call(partial(self._script(_DELETE), keys=keys, args=[self._owners(), session_id]))
         return bool(deleted)
 
 

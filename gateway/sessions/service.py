@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.agents import Agent, SessionSpec
-from gateway.errors import BadRequest, SessionNotFound
+from gateway.errors import BadRequest, SessionNotFound, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.routing import RoutingTable
 from gateway.sessions.memory import MemorySessionStore
@@ -146,17 +146,30 @@ class Sessions:
         self, session_id: str, key_id: str | None, *, any_owner: bool = False
     ) -> tuple[Session, list[dict[str, Any]], str]:
         """The session with its messages and storage, wherever it is; 404 unless `key_id` owns it (or `any_owner`)."""
+        session, messages, store = await self._find(session_id, key_id, any_owner=any_owner)
+        return session, messages, serving(store)
+
+    async def _find(
+        self, session_id: str, key_id: str | None, *, any_owner: bool
+    ) -> tuple[Session, list[dict[str, Any]], SessionStore]:
         owner: Owner = AnyOwner.ANY if any_owner else key_id
+        unavailable: StoreUnavailable | None = None
         for store in await self._all_stores():
-            found = await store.get(session_id, owner=owner)
+            try:
+                found = await store.get(session_id, owner=owner)
+            except StoreUnavailable as exc:
+                # Another store may hold it; if none does, "not found" would be a guess: the refusal is the answer.
+                unavailable = exc
+                continue
             if found is not None:
-                return found[0], found[1], serving(store)
+                return found[0], found[1], store
+        if unavailable is not None:
+            raise unavailable
         raise SessionNotFound(session_id)
 
     async def delete(self, session_id: str, key_id: str | None, *, any_owner: bool = False) -> None:
-        session, _, _ = await self.find(session_id, key_id, any_owner=any_owner)
-        for store in self._stores.values():
-            await store.delete(session.id)
+        session, _, store = await self._find(session_id, key_id, any_owner=any_owner)
+        await store.delete(session.id)
 
     async def list(
         self,
@@ -235,7 +248,7 @@ def requested_id(headers: Iterable[tuple[bytes, bytes]], body: Mapping[str, Any]
 
 
 def serving(store: SessionStore) -> str:
-    """Which storage answers for `store` right now (a Redis store falls back to memory while Redis is away)."""
+    """Which storage answers for `store` right now: `memory`, `redis`, or `unavailable` while Redis is away."""
     return str(getattr(store, "serving", store.name))
 
 
@@ -243,10 +256,10 @@ def _make_store(where: str) -> SessionStore:
     if where == "memory":
         return MemorySessionStore()
     # Imported only when used: the redis client adds ~15 MB to a process that does not need it.
-    from gateway.sessions.fallback import FallbackSessionStore  # noqa: PLC0415
+    from gateway.sessions.guarded import GuardedSessionStore  # noqa: PLC0415
     from gateway.sessions.redis import RedisSessionStore  # noqa: PLC0415
 
-    return FallbackSessionStore(RedisSessionStore(where), label=_describe(where))
+    return GuardedSessionStore(RedisSessionStore(where), label=_describe(where))
 
 
 def _describe(url: str) -> str:
@@ -256,9 +269,8 @@ def _describe(url: str) -> str:
 
 
 def _observe(store: SessionStore, metrics: Metrics) -> None:
-    """Count a Redis store's fallbacks and errors (set on the fallback store `_make_store` makes for Redis)."""
-    from gateway.sessions.fallback import FallbackSessionStore  # noqa: PLC0415 (see _make_store)
+    """Count a Redis store's failed calls (set on the guarded store `_make_store` makes for Redis)."""
+    from gateway.sessions.guarded import GuardedSessionStore  # noqa: PLC0415 (see _make_store)
 
-    if isinstance(store, FallbackSessionStore):
-        store.on_fallback = lambda: metrics.session_fallback("redis")
+    if isinstance(store, GuardedSessionStore):
         store.on_error = lambda: metrics.redis_error("sessions")

@@ -16,7 +16,7 @@ SESSION_ID_PREFIX = "sess_"
 
 
 class AnyOwner(enum.Enum):
-    """A read for whoever owns the session (the admin API, the fallback's bookkeeping)."""
+    """A read for whoever owns the session (the admin API)."""
 
     ANY = "any"
 
@@ -125,7 +125,7 @@ class SessionStore(Protocol):
     """
 
     name: str
-    # The exceptions that mean "the store is unavailable right now" (the caller falls back), as opposed to a bug.
+    # The exceptions that mean "the store is unavailable right now", as opposed to a bug.
     errors: tuple[type[Exception], ...]
 
     async def open(self) -> None: ...
@@ -136,9 +136,6 @@ class SessionStore(Protocol):
 
     async def create(self, session: Session) -> bool:
         """Store a new session with no messages; False (and nothing changed) when a live one has its id."""
-
-    async def restore(self, session: Session, messages: builtins.list[dict[str, Any]]) -> None:
-        """Put `session` with exactly `messages` as its history, replacing whatever was stored under its id."""
 
     async def get(
         self, session_id: str, *, owner: Owner = AnyOwner.ANY

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 import orjson
 from redis.exceptions import RedisError
 
 from gateway.keys import KeyRecord
-from gateway.redis_connection import RedisBacked
+from gateway.redis_connection import RedisBacked, RedisConnection
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 
 # Usage hashes outlive the windows anyone reports on (a year of days, two years of months), then clean themselves up.
@@ -57,8 +58,21 @@ class RedisStore(RedisBacked):
     errors: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
-        super().__init__(url, (_CREATE_KEY, _FIND_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0)
+        # Admin calls and the batched usage writes (off the request path) wait patiently: a usage batch that timed
+        # out may have been applied all the same, and would be counted twice when it is sent again.
+        super().__init__(url, (_CREATE_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0)
+        # The key lookup is on every request's path, so it gets the short timeouts of the limiter and sessions:
+        # a frozen Redis must cost a request half a second at most, not five.
+        self._lookups = RedisConnection(url, (_FIND_KEY,), connect_timeout=0.25, timeout=0.5)
         self._prefix = prefix
+
+    async def open(self) -> None:
+        await super().open()
+        self._lookups.open()
+
+    async def close(self) -> None:
+        await self._lookups.close()
+        await super().close()
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
@@ -81,8 +95,8 @@ class RedisStore(RedisBacked):
         return _record(await self._redis().get(self._key(key_id)))
 
     async def find_key(self, secret_hash: str) -> KeyRecord | None:
-        script = self._script(_FIND_KEY)
-        return _record(await script(keys=[self._hash_index(secret_hash)], args=[self._key("")]))
+        find = partial(self._lookups.script(_FIND_KEY), keys=[self._hash_index(secret_hash)], args=[self._key("")])
+        return _record(await self._lookups.call(find))
 
     async def save_key(self, record: KeyRecord, *, previous: KeyRecord) -> None:
         current = {h for h in (record.secret_hash, record.grace_hash) if h}

@@ -17,11 +17,14 @@ from tests.support.processes import Process, free_port
 
 
 class RedisServer:
-    """`redis-server` on 127.0.0.1:`port`, no persistence, its working files and log in `directory`."""
+    """`redis-server` on 127.0.0.1:`port`, its working files and log in `directory`. No persistence, unless
+    `durable`: then every write is in the append-only file before Redis answers, so a killed and restarted server
+    still holds everything it acknowledged (how a production Redis with AOF comes back)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, durable: bool = False) -> None:
         self.directory = directory
         self.port = port if port is not None else free_port()
+        self.durable = durable
         self._process: Process | None = None
 
     @property
@@ -36,8 +39,9 @@ class RedisServer:
         """Start on the same port as before, so clients holding the URL reconnect to it."""
         if self.running:
             return
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--daemonize", "no"]  # fmt: skip
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+                "--dir", str(self.directory), "--daemonize", "no"]  # fmt: skip
         self._process = Process("redis", argv, self.port, self.directory)
         deadline = time.monotonic() + timeout
         while not self._answers_ping():
@@ -54,6 +58,15 @@ class RedisServer:
             self._process.stop(signal.SIGKILL)
             self._process = None
 
+    def freeze(self) -> None:
+        """Stop the server without closing anything: connections open, nothing answered (a stalled host)."""
+        assert self._process is not None
+        self._process.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.proc.send_signal(signal.SIGCONT)
+
     def flush(self) -> None:
         with redis.Redis(host="127.0.0.1", port=self.port) as client:
             client.flushall()
@@ -66,14 +79,14 @@ class RedisServer:
             return False
 
 
-def start_redis(directory: Path) -> RedisServer:
+def start_redis(directory: Path, *, durable: bool = False, port: int | None = None) -> RedisServer:
     """A started server; fails the test in CI (CI=true) when redis-server is missing, skips it elsewhere."""
     if shutil.which("redis-server") is None:
         message = "redis-server is not on PATH"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}, and CI must run the Redis tests")
         pytest.skip(message)
-    server = RedisServer(directory)
+    server = RedisServer(directory, port, durable=durable)
     server.start()
     return server
 
