@@ -10,8 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.exchange import Exchange
+from gateway.middleware import RequestContextMiddleware
 from gateway.settings import Settings
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
@@ -212,3 +217,25 @@ async def test_admin_api_with_an_empty_key_setting_is_not_served(tmp_path: Path)
     async with running(create_app(settings(tmp_path, admin_key=""), environ={})) as client:
         response = await client.post("/admin/keys", json={"name": "sneaky"})
     assert response.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_a_broken_completion_hook_keeps_the_others_running_and_the_answer_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counted: list[int] = []
+
+    def broken(exchange: Exchange) -> None:
+        raise RuntimeError("a bug in a hook")
+
+    async def fine(request: Request) -> Response:
+        return Response(b"fine")
+
+    inner = Starlette(routes=[Route("/fine", fine)])
+    app = RequestContextMiddleware(inner, on_complete=[broken, lambda exchange: counted.append(exchange.status)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        response = await http.get("/fine")
+    assert response.status_code == 200
+    assert response.text == "fine"
+    assert counted == [200]  # the hook after the broken one (the slots' release, the metrics) still ran
+    assert "RuntimeError: a bug in a hook" in caplog.text

@@ -1,0 +1,41 @@
+"""An app built in the test (so components can be injected into `create_app`) served by a real uvicorn on a free
+port, in the test's own event loop: streaming and disconnects behave as they do in `gateway serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from gateway.server import UVICORN_OPTIONS
+from tests.support.processes import free_port
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # Ctrl-C stays pytest's
+
+
+@contextlib.asynccontextmanager
+async def served(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    """The app (its lifespan included) listening on 127.0.0.1 until the block ends; yields its base URL.
+    `options` go to `gateway.server.uvicorn_options` (the header limit)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, **{**UVICORN_OPTIONS, **options, "loop": "none"})
+    server = _Server(config)
+    task = asyncio.ensure_future(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
