@@ -156,6 +156,32 @@ def test_upstream_silent_after_its_headers_is_a_504_not_a_stream(client: openai.
     assert caught.value.code == "upstream_timeout"
 
 
+def test_stream_asked_of_embeddings_gets_the_upstreams_json(client: openai.OpenAI) -> None:
+    # Embeddings do not stream: the upstream ignores `stream` and answers JSON, which the client gets whole.
+    embedding = client.embeddings.create(
+        model="test-chat", input="hi", encoding_format="float", extra_body={"stream": True}
+    )
+    assert embedding.data[0].embedding == [0.5, -0.5]
+
+
+def test_a_whole_json_answer_to_a_stream_request_reaches_the_client_whole(gateway: Process) -> None:
+    instructions = "long " * 100_000  # an answer of half a megabyte: more than the upstream's first read
+    body = {"model": "test-chat", "input": "hi", "instructions": instructions, "stream": True}
+    response = httpx.post(gateway.url + "/v1/responses", json=body, headers=behave(ignore_stream=True), timeout=20)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    text = response.json()["output"][0]["content"][0]["text"]
+    sent = "You are a test agent.\n\n" + instructions
+    assert text == f"upstream heard instructions={sent!r}"
+
+
+def test_a_chat_stream_answered_whole_is_replayed_as_a_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True,
+                                            extra_headers=behave(ignore_stream=True))  # fmt: skip
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "upstream heard 2 messages; last: stream please"
+
+
 class BreaksMidStream:
     """The mock provider with a bug that shows after `after` events of a stream: a failure that is not an
     upstream's (those are `UpstreamError`s), as a bug anywhere on the relay's path would be."""
