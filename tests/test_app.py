@@ -122,6 +122,38 @@ async def test_unknown_path_and_wrong_method(http: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("method", "path"), [("POST", CHAT + "/"), ("GET", "/healthz/"), ("GET", "/v1/sessions/")])
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_callers_host(
+    http: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await http.request(method, path, json={}, headers={"host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert error_of(response)["message"] == f"Invalid URL ({method} {path})."
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", CHAT, "POST"),
+        ("PUT", "/v1/sessions", "GET, HEAD, POST"),
+        ("POST", "/v1/sessions/sess-1", "DELETE, GET, HEAD"),
+        ("DELETE", "/v1/models", "GET, HEAD"),
+    ],
+)
+async def test_a_wrong_method_is_a_405_that_says_which_methods_the_path_allows(
+    http: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    response = await http.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    error = error_of(response)
+    assert error["code"] == "method_not_allowed"
+    assert error["message"] == f"Method not allowed ({method} {path}); this path allows {allowed}."
+
+
+@pytest.mark.anyio
 async def test_request_id_is_kept_from_the_client_or_made(http: httpx.AsyncClient) -> None:
     kept = await http.get("/healthz", headers={"x-request-id": "client-id-1"})
     assert kept.headers["x-request-id"] == "client-id-1"
