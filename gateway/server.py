@@ -1,5 +1,4 @@
-"""The HTTP server: uvicorn as the gateway runs it, with a cap on request heads, and a shutdown delay and a drain
-timeout in front of exit."""
+"""The HTTP server: uvicorn as the gateway runs it, with a cap on request heads and a drain in front of exit."""
 
 from __future__ import annotations
 
