@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -22,11 +21,12 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def served(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
-    """The app (its lifespan included) listening on 127.0.0.1 until the block ends; yields its base URL.
-    `options` go to `gateway.server.uvicorn_options` (the header limit)."""
+async def served(app: ASGIApp) -> AsyncIterator[str]:
+    """The app (its lifespan included) listening on 127.0.0.1 with the gateway's uvicorn options until the block
+    ends; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, **{**UVICORN_OPTIONS, **options, "loop": "none"})
+    # The test's loop is already running: uvicorn must not set one up.
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, **{**UVICORN_OPTIONS, "loop": "none"})
     server = _Server(config)
     task = asyncio.ensure_future(server.serve())
     try:
