@@ -1,5 +1,4 @@
-"""An app built in the test (so components can be injected into `create_app`) served by a real uvicorn on a free
-port, in the test's own event loop: streaming and disconnects behave as they do in `gateway serve`."""
+"""An app built in the test (components injected into `create_app`) served by a real uvicorn in the test's loop."""
 
 from __future__ import annotations
 
