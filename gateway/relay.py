@@ -74,12 +74,14 @@ class StreamRelay(Response):
         finally:
             self.upstream.close()
             bug = self._close(pump, watch)
-            # Waited for without raising what they raised: `_close` has already read it.
-            await asyncio.wait((pump, watch))
-            if self.outcome != "completed":
-                await self._keep_partial()
-        if bug is not None:
-            raise bug  # a bug: the middleware logs it and ends the stream with the error event
+            try:
+                # Waited for without raising what they raised: `_close` has already read it.
+                await asyncio.wait((pump, watch))
+                if self.outcome != "completed":
+                    await self._keep_partial()
+            finally:
+                if bug is not None:
+                    raise bug  # the middleware logs it and ends the stream with the error event
 
     def _close(self, pump: asyncio.Future[None], watch: asyncio.Future[Any]) -> Exception | None:
         """Close the stream's accounting however it ended (the gauge, its outcome, the tokens to charge), before
