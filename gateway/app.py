@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
 from gateway import __version__
 from gateway.accounting import Accountant
@@ -330,12 +330,23 @@ async def _render_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     where = f"({request.method} {request.url.path})"
     # The router raises only these two; nothing else in the app raises HTTPException.
-    error = (
-        MethodNotAllowed(f"Method not allowed {where}.")
-        if exc.status_code == 405
-        else NotFound(f"Invalid URL {where}.")
-    )
-    return await _render_gateway_error(request, error)
+    if exc.status_code != 405:
+        return await _render_gateway_error(request, NotFound(f"Invalid URL {where}."))
+    allowed = ", ".join(_allowed_methods(request))
+    error = MethodNotAllowed(f"Method not allowed {where}; this path allows {allowed}.")
+    response = await _render_gateway_error(request, error)
+    response.raw_headers.append((b"allow", allowed.encode()))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path: the router's own 405 names only the first route's,
+    and a path here is often served by several routes, one per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def create_app(
@@ -428,5 +439,8 @@ def create_app(
         },
         lifespan=runtime.lifespan,
     )
+    # Starlette answers a path with a trailing slash too many (or too few) with a redirect built from the
+    # caller's Host header, which anyone can set: an unknown path is a 404 here, as it is at OpenAI.
+    app.router.redirect_slashes = False
     app.state.runtime = runtime
     return app

@@ -21,7 +21,7 @@ from gateway.completion import register as register_completion
 from gateway.keys_cli import columns, keys_app
 from gateway.observability import configure_logging
 from gateway.routing import ConfigError, RoutingTable, load_routes
-from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer
+from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer, http_protocol
 from gateway.settings import Settings, environ_with_dotenv
 from gateway.store.memory import StateDirInUse
 
@@ -117,7 +117,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout + UNWIND_SECONDS),
-        **UVICORN_OPTIONS,
+        **{**UVICORN_OPTIONS, "http": http_protocol(settings.max_header_bytes)},
     )
     server = DrainingServer(
         server_config, application.state.runtime, delay=settings.shutdown_delay, drain_timeout=settings.drain_timeout

@@ -19,6 +19,7 @@ provider's 429 (``upstream_rate_limited``) is never counted as one of ours (``po
      │    ├── MethodNotAllowed       405 method_not_allowed
      │    ├── KeyRevoked             409 key_revoked (rotating a revoked key)
      │    ├── PayloadTooLarge        413 request_too_large
+     │    ├── RequestHeadersTooLarge 431 request_headers_too_large (answered by the server layer, server.py)
      │    ├── RateLimited            429 rate_limit_exceeded (a bucket or a concurrency limit; with Retry-After)
      │    │    └── QuotaExceeded     429 insufficient_quota
      │    └── ValidationFailed       422 validation_error (admin bodies)
@@ -135,6 +136,12 @@ class PayloadTooLarge(ClientError):
     status = 413
     error_class = "client_too_large"
     code = "request_too_large"
+
+
+class RequestHeadersTooLarge(ClientError):
+    status = 431
+    error_class = "client_too_large"
+    code = "request_headers_too_large"
 
 
 class ValidationFailed(ClientError):

@@ -25,7 +25,7 @@ class Exchange:
     key_id: str | None = None
     agent: str | None = None
     upstream_status: int | None = None
-    stream: str | None = None  # completed | upstream_error | client_disconnected
+    stream: str | None = None  # completed | upstream_error | gateway_error | client_disconnected | cut_at_shutdown
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     usage_estimated: bool = False

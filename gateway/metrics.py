@@ -10,7 +10,8 @@ other path), error classes from the closed vocabulary of `errors.py` ("" for a s
     gateway_time_to_first_byte_seconds{route, agent}           histogram  streams: arrival to the first event relayed
     gateway_upstream_duration_seconds{agent}                   histogram  waiting on upstreams, all attempts
     gateway_tokens_total{agent, kind, estimated}               counter    kind: prompt|completion
-    gateway_streams_total{agent, outcome}                      counter    completed|upstream_error|client_disconnected
+    gateway_streams_total{agent, outcome}                      counter    completed|upstream_error|gateway_error|
+                                                                          client_disconnected|cut_at_shutdown
     gateway_active_streams                                     gauge      streams relaying now (summed over workers)
     gateway_limit_rejections_total{agent, limit}               counter    limit: rate|quota|concurrency|cooldown
     gateway_queued_requests_total{agent}                       counter    requests that waited for a free slot
@@ -157,7 +158,8 @@ class Metrics:
         )
         self._streams = Counter(
             "gateway_streams_total",
-            "Streams relayed, by how they ended: completed, upstream_error or client_disconnected.",
+            "Streams relayed, by how they ended: completed, upstream_error, gateway_error, client_disconnected or "
+            "cut_at_shutdown.",
             ("agent", "outcome"),
             registry=into,
         )

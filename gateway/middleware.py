@@ -89,13 +89,19 @@ class RequestContextMiddleware:
         except Exception:
             error_logger.exception("unhandled error", extra={"request_id": exchange.request_id})
             exchange.error_class = InternalError.error_class
-            if not response.started:
-                error = InternalError(f"The gateway failed on this request (request id {exchange.request_id}).")
-                await response.fail(error, send_with_id)
+            # A 500 if nothing was sent yet; a stream under way ends with the error event, so that the client
+            # raises rather than taking a cut-off stream for a whole one.
+            error = InternalError(f"The gateway failed on this request (request id {exchange.request_id}).")
+            await response.fail(error, send_with_id)
         finally:
             exchange.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             for hook in self.on_complete:
-                hook(exchange)
+                try:
+                    hook(exchange)
+                except Exception:
+                    # One broken hook must not keep the others (slots released, usage settled, the request
+                    # counted and logged) from running, nor turn an answer already sent into a server error.
+                    error_logger.exception("completion hook failed", extra={"request_id": exchange.request_id})
 
 
 def _headers(

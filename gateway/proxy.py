@@ -30,6 +30,9 @@ from gateway.sessions.service import Sessions, Turn, requested_id
 from gateway.upstream import UpstreamResponse, forward_headers
 
 JSON = "application/json"
+SSE = "text/event-stream"
+# The endpoints whose whole answer can be replayed as the stream a client asked for.
+REPLAYABLE = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
 
 class Proxy:
@@ -75,7 +78,7 @@ class Proxy:
         turn = await self._continue_session(request, endpoint, body, agent, key)
         # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
         simulated = stream and not agent.streams
-        if simulated and endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
+        if simulated and endpoint not in REPLAYABLE:
             raise BadRequest(f"Model `{agent.name}` does not stream on /v1{endpoint.path}.", param="stream")
         # Fallback agents get the client's body prepared for them; copied only when there may be one.
         original = payload.copy_body(body) if agent.spec.fallbacks else None
@@ -109,9 +112,12 @@ class Proxy:
                 headers=forward_headers(request.scope["headers"], exchange.request_id),
                 payload_for=payload_for,
             )
-            if simulated:
+            # A stream asked and a whole answer given (an upstream that does not stream ignored `stream`) is
+            # replayed as a simulated stream: relayed as it is, the SDK would read it as an empty stream.
+            whole = stream and response.status < 300 and response.content_type != SSE and endpoint in REPLAYABLE
+            if simulated or whole:
                 response = await simulate.replay(response, endpoint, answered.streaming)
-            if stream and response.status < 300 and response.content_type == "text/event-stream":
+            if stream and response.status < 300 and response.content_type == SSE:
                 meter = usage.StreamMeter(hide_usage=hide_usage)
                 prompt_estimate = usage.estimate_prompt_tokens(upstream_body)
                 relay = StreamRelay(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import sse
-from gateway.errors import UpstreamBadResponse, UpstreamError
+from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamError
 from gateway.exchange import Exchange
 from gateway.metrics import Metrics
 from gateway.sessions.assembly import ReplyAssembler
@@ -28,6 +27,9 @@ class StreamRelay(Response):
     end, so that if the upstream drops mid-event the client still gets well-formed events and then our error event.
     The response starts with the first whole event, so a failure before it is still an HTTP error status.
     When the client disconnects, the upstream response is closed at once, which stops the upstream's generation.
+    However the stream ends (completed, failed, left, cut at shutdown, or a bug), its accounting is closed: the
+    active-streams gauge, its outcome and the tokens to charge; a bug is raised after that, for the middleware to
+    log and end the stream with the error event.
     """
 
     def __init__(
@@ -64,29 +66,46 @@ class StreamRelay(Response):
         pump = asyncio.ensure_future(self._pump(send))
         watch = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            done, _ = await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
-            if pump not in done or isinstance(pump.exception(), OSError):  # OSError: the client went away mid-send
-                self.outcome = "client_disconnected"
+            await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # The server is cutting the streams that outlived its drain timeout (the middleware tells the client).
             self.outcome = "cut_at_shutdown"
             raise
         finally:
             self.upstream.close()
-            for task in (pump, watch):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
-            self.exchange.stream = self.outcome
-            if self.started:
-                self.metrics.stream_closed()
-            if self.outcome != "completed":
-                await self._keep_partial()
-            if self.started:  # whatever reached the client is charged: the upstream's usage, else an estimate
-                counted = self.meter.result(self.prompt_estimate)
-                self.exchange.prompt_tokens = counted.prompt_tokens
-                self.exchange.completion_tokens = counted.completion_tokens
-                self.exchange.usage_estimated = counted.estimated
+            bug = self._close(pump, watch)
+            try:
+                # Waited for without raising what they raised: `_close` has already read it.
+                await asyncio.wait((pump, watch))
+                if self.outcome != "completed":
+                    await self._keep_partial()
+            finally:
+                if bug is not None:
+                    raise bug  # the middleware logs it and ends the stream with the error event
+
+    def _close(self, pump: asyncio.Future[None], watch: asyncio.Future[Any]) -> Exception | None:
+        """Close the stream's accounting however it ended (the gauge, its outcome, the tokens to charge), before
+        anything else can fail; returns the pump's exception if it was a bug, to be raised once this is done."""
+        for task in (pump, watch):
+            task.cancel()
+        failure = pump.exception() if pump.done() and not pump.cancelled() else None
+        if not watch.cancelled() and watch.done():
+            watch.exception()  # read, so that a receive() that raised is not reported as never retrieved
+        if self.outcome == "cut_at_shutdown":
+            pass
+        elif not pump.done() or isinstance(failure, OSError):  # OSError: the client went away mid-send
+            self.outcome = "client_disconnected"
+        elif failure is not None:
+            self.outcome = "gateway_error"
+        self.exchange.stream = self.outcome
+        if self.started:
+            self.metrics.stream_closed()
+            # Whatever reached the client is charged: the upstream's usage, else an estimate.
+            counted = self.meter.result(self.prompt_estimate)
+            self.exchange.prompt_tokens = counted.prompt_tokens
+            self.exchange.completion_tokens = counted.completion_tokens
+            self.exchange.usage_estimated = counted.estimated
+        return failure if isinstance(failure, Exception) and not isinstance(failure, OSError) else None
 
     async def _pump(self, send: Send) -> None:
         pending = b""
@@ -102,7 +121,7 @@ class StreamRelay(Response):
                         await self._start(send)
                     last = events
                     await send({"type": "http.response.body", "body": events, "more_body": True})
-        except UpstreamError as exc:
+        except GatewayError as exc:  # the upstream's failure, or one of ours (a store that went away)
             await (self._fail(send, exc) if self.started else self._refuse(send, exc))
             return
         if not self.started:
@@ -138,19 +157,23 @@ class StreamRelay(Response):
         self.metrics.stream_opened()
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
 
-    async def _refuse(self, send: Send, exc: UpstreamError) -> None:
+    async def _refuse(self, send: Send, exc: GatewayError) -> None:
         """The upstream failed before its first event: answer as for a request that never streamed."""
-        self.outcome = "upstream_error"
+        self.outcome = _outcome(exc)
         self.exchange.error_class = exc.error_class
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
 
-    async def _fail(self, send: Send, exc: UpstreamError) -> None:
+    async def _fail(self, send: Send, exc: GatewayError) -> None:
         """The upstream failed mid-stream: the status is sent, so the stream ends with an error event."""
-        self.outcome = "upstream_error"
+        self.outcome = _outcome(exc)
         self.exchange.error_class = exc.error_class
         await send({"type": "http.response.body", "body": sse.error_event(exc.payload()), "more_body": False})
+
+
+def _outcome(exc: GatewayError) -> str:
+    return "upstream_error" if isinstance(exc, UpstreamError) else "gateway_error"
 
 
 async def _wait_for_disconnect(receive: Receive) -> Any:

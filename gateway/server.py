@@ -1,20 +1,23 @@
-"""The HTTP server: uvicorn as the gateway runs it, with a shutdown delay and a drain timeout in front of exit."""
+"""The HTTP server: uvicorn as the gateway runs it, with a cap on request heads and a drain in front of exit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import Runtime
+from gateway.errors import RequestHeadersTooLarge
 
 logger = logging.getLogger("gateway")
 
@@ -22,11 +25,104 @@ logger = logging.getLogger("gateway")
 UNWIND_SECONDS = 5.0
 # The same when stopping at once (a second SIGINT, or SIGQUIT): long enough to record what they used, no more.
 FORCED_UNWIND_SECONDS = 1.0
+# After a 431, how long the rest of a head the client is still sending is read and dropped before the connection
+# closes: closing with bytes unread makes the kernel send a reset, which can destroy the 431 before it is read.
+LINGER_SECONDS = 2.0
 
-# How uvicorn runs the gateway, in one process or as a gunicorn worker.
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a cap on each request's head: the request line and headers together.
+
+    httptools has none, and uvicorn keeps what arrives until the head is complete: one client could make a
+    worker hold gigabytes, and the gateway would forward those headers upstream. Here the parser is never given
+    more than `max_header_bytes` of one head; past that the client gets a 431 in OpenAI's shape (the request
+    never reaches the app, so it is logged here and not counted in its metrics) and the connection closes,
+    without the rest of the head being read. (A client that pipelines requests may get up to twice the cap for
+    a head that starts in the same read as the end of the request before it.)
+    """
+
+    max_header_bytes: ClassVar[int] = 32 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0  # of the head arriving now; -1 from the end of a head to the end of its request
+        self._heads = 0  # heads complete on this connection
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes < 0:
+            super().data_received(data)
+            return
+        if self._refused:
+            return
+        room = self.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            return
+        heads = self._heads
+        super().data_received(data[:room])
+        if self.transport.is_closing():  # the parser found the request malformed: uvicorn's 400 is on its way
+            return
+        if self._heads == heads:
+            self._refuse()
+        else:
+            self.data_received(data[room:])  # the body, or the requests after it
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = -1
+        self._heads += 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def _refuse(self) -> None:
+        self._refused = True
+        request_id = os.urandom(16).hex()
+        client = self.client[0] if self.client else "?"
+        logger.warning(
+            "request headers over %d bytes from %s: refused with 431 (request id %s)",
+            self.max_header_bytes,
+            client,
+            request_id,
+        )
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The answer to an earlier request on this connection is still going out: no room for another.
+            self.transport.close()
+            return
+        error = RequestHeadersTooLarge(
+            f"The request's headers exceed {self.max_header_bytes} bytes, the most this gateway accepts."
+        )
+        body = error.body()
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: " + request_id.encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+def http_protocol(max_header_bytes: int) -> type[BoundedHttpToolsProtocol]:
+    """uvicorn's HTTP protocol for the gateway, with the head cap of GATEWAY_MAX_HEADER_BYTES."""
+    attributes = {"max_header_bytes": max_header_bytes}
+    return cast(
+        type[BoundedHttpToolsProtocol], type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), attributes)
+    )
+
+
+# How uvicorn runs the gateway, in one process or as a gunicorn worker; both replace `http` with the protocol of
+# the configured header cap.
 UVICORN_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
-    "http": "httptools",
+    "http": BoundedHttpToolsProtocol,
     "lifespan": "on",
     "log_config": None,
     "access_log": False,

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="The most bytes a request's head (request line and headers) may take; more is a 431.",
+    )
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
     upstream_max_connections: int = Field(default=1000, ge=1)
     drain_timeout: float = Field(default=30.0, ge=0)

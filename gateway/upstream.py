@@ -155,9 +155,16 @@ class HTTPResponse:
                 self._first = await self._response.content.readany()
 
     async def read(self) -> bytes:
-        with map_exceptions(self._agent, self._target, f"did not answer within {self._agent.timeouts.whole:g}s"):
+        whole = self._agent.timeouts.whole
+        with map_exceptions(self._agent, self._target, f"did not answer within {whole:g}s"):
             try:
-                return await self._response.read()
+                if self._first is None:
+                    return await self._response.read()
+                # A stream was asked, and a whole answer came (JSON: an error, or an upstream that does not
+                # stream). Its first chunk was read to see the stream begin: it is the body's beginning. And a
+                # stream request has no deadline for its whole answer in aiohttp: this one gets the agent's.
+                async with asyncio.timeout(whole):
+                    return self._first + await self._response.read()
             finally:
                 self._response.release()
 

@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 from starlette.applications import Starlette
 from uvicorn_worker import UvicornWorker
 
-from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer
+from gateway.server import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer, http_protocol
 from gateway.settings import Settings, environ_with_dotenv
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -161,6 +161,7 @@ class GatewayWorker(UvicornWorker):  # type: ignore[misc]
         app: Starlette = self.wsgi
         self.config.app = app
         self.config.timeout_graceful_shutdown = math.ceil(settings.drain_timeout + UNWIND_SECONDS)
+        self.config.http = http_protocol(settings.max_header_bytes)
         server = DrainingServer(
             self.config, app.state.runtime, delay=settings.shutdown_delay, drain_timeout=settings.drain_timeout
         )

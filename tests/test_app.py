@@ -10,8 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.exchange import Exchange
+from gateway.middleware import RequestContextMiddleware
 from gateway.settings import Settings
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
@@ -117,6 +122,38 @@ async def test_unknown_path_and_wrong_method(http: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("method", "path"), [("POST", CHAT + "/"), ("GET", "/healthz/"), ("GET", "/v1/sessions/")])
+async def test_a_trailing_slash_is_a_404_never_a_redirect_to_the_callers_host(
+    http: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await http.request(method, path, json={}, headers={"host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert error_of(response)["message"] == f"Invalid URL ({method} {path})."
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", CHAT, "POST"),
+        ("PUT", "/v1/sessions", "GET, HEAD, POST"),
+        ("POST", "/v1/sessions/sess-1", "DELETE, GET, HEAD"),
+        ("DELETE", "/v1/models", "GET, HEAD"),
+    ],
+)
+async def test_a_wrong_method_is_a_405_that_says_which_methods_the_path_allows(
+    http: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    response = await http.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    error = error_of(response)
+    assert error["code"] == "method_not_allowed"
+    assert error["message"] == f"Method not allowed ({method} {path}); this path allows {allowed}."
+
+
+@pytest.mark.anyio
 async def test_request_id_is_kept_from_the_client_or_made(http: httpx.AsyncClient) -> None:
     kept = await http.get("/healthz", headers={"x-request-id": "client-id-1"})
     assert kept.headers["x-request-id"] == "client-id-1"
@@ -212,3 +249,25 @@ async def test_admin_api_with_an_empty_key_setting_is_not_served(tmp_path: Path)
     async with running(create_app(settings(tmp_path, admin_key=""), environ={})) as client:
         response = await client.post("/admin/keys", json={"name": "sneaky"})
     assert response.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_a_broken_completion_hook_keeps_the_others_running_and_the_answer_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counted: list[int] = []
+
+    def broken(exchange: Exchange) -> None:
+        raise RuntimeError("a bug in a hook")
+
+    async def fine(request: Request) -> Response:
+        return Response(b"fine")
+
+    inner = Starlette(routes=[Route("/fine", fine)])
+    app = RequestContextMiddleware(inner, on_complete=[broken, lambda exchange: counted.append(exchange.status)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+        response = await http.get("/fine")
+    assert response.status_code == 200
+    assert response.text == "fine"
+    assert counted == [200]  # the hook after the broken one (the slots' release, the metrics) still ran
+    assert "RuntimeError: a bug in a hook" in caplog.text

@@ -15,6 +15,7 @@ CASES = [
     (errors.NotFound, 404, "invalid_request_error", "unknown_url"),
     (errors.MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
     (errors.PayloadTooLarge, 413, "invalid_request_error", "request_too_large"),
+    (errors.RequestHeadersTooLarge, 431, "invalid_request_error", "request_headers_too_large"),
     (errors.UpstreamUnreachable, 502, "upstream_error", "upstream_unreachable"),
     (errors.UpstreamBadResponse, 502, "upstream_error", "upstream_bad_response"),
     (errors.UpstreamNotConfigured, 503, "upstream_error", "upstream_not_configured"),

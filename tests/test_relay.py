@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import Process
+from gateway.app import create_app
+from gateway.mock import MockUpstream
+from gateway.settings import Settings
+from gateway.upstream import UpstreamRequest, UpstreamResponse
+from tests.support.processes import ROOT, Process
+from tests.support.serve import served
 from tests.test_proxy import behave, seen_upstream
 
-MESSAGES = [{"role": "user", "content": "stream please"}]
+MESSAGES: Any = [{"role": "user", "content": "stream please"}]
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def wait_for_state(upstream: Process, request_id: str, state: str, timeout: float = 5.0) -> str:
@@ -138,3 +154,124 @@ def test_upstream_silent_after_its_headers_is_a_504_not_a_stream(client: openai.
     httpx.post(f"{upstream.url}/_release/{headers['x-request-id']}")
     assert caught.value.status_code == 504
     assert caught.value.code == "upstream_timeout"
+
+
+def test_stream_asked_of_embeddings_gets_the_upstreams_json(client: openai.OpenAI) -> None:
+    # Embeddings do not stream: the upstream ignores `stream` and answers JSON, which the client gets whole.
+    embedding = client.embeddings.create(
+        model="test-chat", input="hi", encoding_format="float", extra_body={"stream": True}
+    )
+    assert embedding.data[0].embedding == [0.5, -0.5]
+
+
+def test_a_whole_json_answer_to_a_stream_request_reaches_the_client_whole(gateway: Process) -> None:
+    instructions = "long " * 100_000  # an answer of half a megabyte: more than the upstream's first read
+    body = {"model": "test-chat", "input": "hi", "instructions": instructions, "stream": True}
+    response = httpx.post(gateway.url + "/v1/responses", json=body, headers=behave(ignore_stream=True), timeout=20)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    text = response.json()["output"][0]["content"][0]["text"]
+    sent = "You are a test agent.\n\n" + instructions
+    assert text == f"upstream heard instructions={sent!r}"
+
+
+def test_a_chat_stream_answered_whole_is_replayed_as_a_stream(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="test-chat", messages=MESSAGES, stream=True,
+                                            extra_headers=behave(ignore_stream=True))  # fmt: skip
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "upstream heard 2 messages; last: stream please"
+
+
+class BreaksMidStream:
+    """The mock provider with a bug that shows after `after` events of a stream: a failure that is not an
+    upstream's (those are `UpstreamError`s), as a bug anywhere on the relay's path would be."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        return _Breaking(await MockUpstream().send(request), self.after)
+
+
+class _Breaking:
+    def __init__(self, response: UpstreamResponse, after: int) -> None:
+        self._response = response
+        self._after = after
+        self.status = response.status
+
+    @property
+    def content_type(self) -> str:
+        return self._response.content_type
+
+    def relay_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._response.relay_headers()
+
+    async def start(self) -> None:
+        await self._response.start()
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in self._response.iter_chunks():
+            if sent == self._after:
+                raise RuntimeError("a bug mid-stream")
+            sent += 1
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+async def metrics_once_counted(http: httpx.AsyncClient, requests: int) -> str:
+    """/metrics once it counts `requests` chat requests: they are counted after their last byte, which the
+    client may have read first."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = (await http.get("/metrics")).text
+        if metric(text, "gateway_requests_total", route=CHAT) >= requests or time.monotonic() > deadline:
+            return text
+
+
+async def read_stream(sdk: openai.AsyncOpenAI, into: list[Any]) -> None:
+    async for chunk in await sdk.chat.completions.create(model="demo", messages=MESSAGES, stream=True):
+        into.append(chunk)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("after", [3, 0])
+async def test_a_bug_in_a_stream_ends_it_with_an_error_and_closes_its_accounting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, after: int
+) -> None:
+    settings = Settings(config=ROOT / "config", state_dir=tmp_path / "state")
+    app = create_app(settings, environ={}, upstreams={"mock": BreaksMidStream(after)})
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=20) as http:
+        sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-any", max_retries=0, http_client=http)
+        received: list[Any] = []
+        with pytest.raises(openai.APIError) as caught:
+            await read_stream(sdk, received)
+        # Told, not cut off: an error the SDK read from the gateway, not a dropped connection.
+        assert not isinstance(caught.value, openai.APIConnectionError)
+        assert caught.value.code == "internal_error"
+        assert len(received) == after
+        if after:
+            async with http.stream("POST", CHAT, json={"model": "demo", "messages": MESSAGES, "stream": True}) as raw:
+                body = await raw.aread()  # the body ends: a dropped connection would raise here
+            last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+            assert json.loads(last.removeprefix(b"data: "))["error"]["code"] == "internal_error"
+            assert b"[DONE]" not in body
+        text = await metrics_once_counted(http, 2 if after else 1)
+
+    assert metric(text, "gateway_active_streams") == 0
+    assert metric(text, "gateway_requests_total", route=CHAT) == (2 if after else 1)
+    assert metric(text, "gateway_requests_total", route=CHAT, error_class="gateway_internal") == (2 if after else 1)
+    assert metric(text, "gateway_streams_total", outcome="gateway_error") == (2 if after else 1)
+    bugs = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all("a bug mid-stream" in str(r.exc_info) for r in bugs)  # logged by the gateway, with its traceback
+    assert len(bugs) == (2 if after else 1)

@@ -62,6 +62,7 @@ def test_connections_opened_at_once_are_spread_over_the_workers(redis_url: str, 
         "REDIS_URL": redis_url,
         "GATEWAY_STATE_DIR": str(tmp_path / "state"),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "GATEWAY_MAX_HEADER_BYTES": "4096",
     }
     gateway = start_gateway(config, tmp_path, env)
     try:
@@ -77,6 +78,8 @@ def test_connections_opened_at_once_are_spread_over_the_workers(redis_url: str, 
             assert response.status == 200
             response.read()
             connection.close()
+        # Each worker caps request heads as the setting says.
+        assert httpx.get(gateway.url + "/healthz", headers={"x-big": "a" * 5000}).status_code == 431
         # Each worker counts a request after its last byte is sent, so the client can be a moment ahead.
         wait_for(lambda: sum(counted_by_each_worker(metrics, CHAT).values()) == 64)
         counted = sorted(counted_by_each_worker(metrics, CHAT).values())

@@ -11,6 +11,8 @@ Each request may carry `x-test-behaviour: <json>` (the gateway forwards it) sayi
     {"raw": "..."}            stream: send exactly these bytes as the body (split in two writes)
     {"not_json": true}        answer 200 with a body that is not JSON
     {"tool_call": true}       answer with a call of tool `lookup` (streamed in pieces when streaming)
+    {"ignore_stream": true}   answer whole JSON even when `stream` is asked (an upstream that cannot stream);
+                              embeddings always do, as OpenAI-compatible servers ignore `stream` there
     {"fail_first": 2, ...}    misbehave (status, hang, ...) only on the first 2 attempts of a request id; then
                               answer normally (how retries are seen)
     {"stall_after": 1, "stall": 3}   stream: after that many chunks go silent for that many seconds
@@ -109,7 +111,7 @@ async def _respond(
         return web.Response(text="<html>definitely not json</html>", content_type="text/html")
     if behaviour.get("tool_call"):
         return await _tool_call(request, body)
-    if body.get("stream"):
+    if body.get("stream") and not behaviour.get("ignore_stream") and not request.path.endswith("/embeddings"):
         return await _stream(request, request_id, body, behaviour, record)
     return web.json_response(_whole(request.path, body), headers={"x-request-id": "up-" + request_id})
 
