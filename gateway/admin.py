@@ -21,6 +21,7 @@ from gateway.agents import Agent
 from gateway.auth import presented_secret
 from gateway.errors import AdminAuthFailed, BadRequest, ClientError, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
+from gateway.payload import check_depth
 from gateway.proxy import read_body
 from gateway.routing import RoutingTable
 from gateway.store.base import Store
@@ -272,6 +273,7 @@ async def read_model(
     raw = await read_body(request, limit)
     if not raw.strip() and allow_empty:
         raw = b"{}"
+    check_depth(raw, error)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

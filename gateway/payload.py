@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gateway.agents import Agent
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ClientError
 
 # Fields only the gateway reads; never sent upstream.
 GATEWAY_FIELDS = ("session_id",)
@@ -40,7 +40,16 @@ _DEFAULT_FIELDS: dict[Endpoint, dict[str, str]] = {
     Endpoint.EMBEDDINGS: {},
 }
 # A client that sets any of these has chosen its output limit (OpenAI rejects max_tokens beside the newer name).
-_OUTPUT_LIMIT_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
+_OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_OUTPUT_LIMIT_FIELDS = frozenset(_OUTPUT_LIMITS)
+# The roles OpenAI's chat API accepts, in the order its own error message lists them.
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+_ROLES = frozenset(ROLES)
+# Deepest JSON nesting accepted in a body. orjson reads 1,024 levels but writes only 254, and what a client sends is
+# written again (to sessions, to Redis, into answers) and walked by usage estimates; real requests (content parts,
+# tool schemas, metadata) stay far below this.
+MAX_DEPTH = 128
+_ALL_BUT_OPENING_BRACKETS = bytes(sorted(set(range(256)) - set(b"{[")))
 
 
 def parse(body: bytes) -> dict[str, Any]:
@@ -49,10 +58,61 @@ def parse(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if _is_depth_error(exc):
+            raise _too_deep(BadRequest) from None
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}.") from None
     if not isinstance(data, dict):
         raise BadRequest(f"The request body must be a JSON object, not {_json_type(data)}.")
+    if _may_nest_deeply(body) and _nests_deeper(data, MAX_DEPTH):
+        raise _too_deep(BadRequest)
     return data
+
+
+def check_depth(body: bytes, error: type[ClientError] = BadRequest) -> None:
+    """Refuse a body nested deeper than `MAX_DEPTH`, for bodies another parser reads (pydantic's, for the admin API
+    and the simple chat API); a body that is not JSON at all is left for that parser to report."""
+    if not _may_nest_deeply(body):
+        return
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _is_depth_error(exc):
+            raise _too_deep(error) from None
+        return
+    if _nests_deeper(data, MAX_DEPTH):
+        raise _too_deep(error)
+
+
+def _may_nest_deeply(body: bytes) -> bool:
+    # A body with no more opening brackets than the limit (counting those inside strings too) cannot nest deeper:
+    # one C-speed pass settles it for almost every request (~4 µs for 7 kB), and only the rest is walked.
+    return len(body.translate(None, _ALL_BUT_OPENING_BRACKETS)) > MAX_DEPTH
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Whether objects and arrays in `value` (as orjson makes them) nest more than `levels` deep, the top level
+    counting as one. One level at a time: no recursion, however deep."""
+    level = [value] if value.__class__ is dict or value.__class__ is list else []
+    while level:
+        if levels == 0:
+            return True
+        levels -= 1
+        below: list[Any] = []
+        for container in level:
+            items = container.values() if container.__class__ is dict else container
+            below += [item for item in items if item.__class__ is dict or item.__class__ is list]
+        level = below
+    return False
+
+
+def _is_depth_error(exc: orjson.JSONDecodeError) -> bool:
+    return "depth limit" in str(exc)
+
+
+def _too_deep(error: type[ClientError]) -> ClientError:
+    return error(
+        f"The JSON body nests objects or arrays deeper than {MAX_DEPTH} levels, the most this gateway accepts."
+    )
 
 
 def model_of(body: dict[str, Any]) -> str:
@@ -71,6 +131,27 @@ def wants_stream(body: dict[str, Any]) -> bool:
     if not isinstance(stream, bool):
         raise BadRequest(f"`stream` must be a boolean, not {_json_type(stream)}.", param="stream")
     return stream
+
+
+def check(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    """Check the client's fields the gateway itself reads, before anything is done with them: every message's shape
+    (a chat request), and the output limits (which reserve tokens). Session history is not checked again: it was
+    checked when it was sent."""
+    if endpoint is Endpoint.CHAT:
+        for index, message in enumerate(_checked_messages(body)):
+            role = message.get("role")
+            # Most messages are a known role and a string, and nothing else: two lookups settle those.
+            if not (
+                role.__class__ is str
+                and role in _ROLES
+                and message.get("content").__class__ is str
+                and len(message) == 2
+            ):
+                _check_message(index, message)
+    if endpoint is not Endpoint.EMBEDDINGS:
+        for name in _OUTPUT_LIMITS:
+            if name in body:
+                _check_output_limit(name, body[name])
 
 
 def copy_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +175,7 @@ def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str,
             continue
         body[target] = value
     if endpoint is Endpoint.CHAT:
-        _check_messages(body)
+        _checked_messages(body)
         if agent.system_prompt:
             body["messages"].insert(0, {"role": "system", "content": agent.system_prompt})
     elif endpoint is Endpoint.RESPONSES and agent.system_prompt:
@@ -105,14 +186,12 @@ def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str,
     return body
 
 
-def messages_of(body: dict[str, Any]) -> list[Any]:
+def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The chat request's `messages`, checked to be an array of objects."""
-    _check_messages(body)
-    messages: list[Any] = body["messages"]
-    return messages
+    return _checked_messages(body)
 
 
-def _check_messages(body: dict[str, Any]) -> None:
+def _checked_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if messages is None:
         raise BadRequest("You must provide a messages parameter.", param="messages")
@@ -124,6 +203,75 @@ def _check_messages(body: dict[str, Any]) -> None:
                 f"`messages[{index}]` must be an object, not {_json_type(message)}.",
                 param=f"messages[{index}]",
             )
+    return messages
+
+
+def _check_message(index: int, message: dict[str, Any]) -> None:
+    """The fields of a chat message that the gateway reads (history bounding, token estimates) or stores."""
+    role = message.get("role")
+    if role.__class__ is not str or role not in _ROLES:
+        where = f"messages[{index}].role"
+        if role is None:
+            raise BadRequest(f"`{where}` is required.", param=where)
+        if not isinstance(role, str):
+            raise BadRequest(f"`{where}` must be a string, not {_json_type(role)}.", param=where)
+        raise BadRequest(f"`{where}` must be one of {', '.join(ROLES)}, not {_excerpt(role)}.", param=where)
+    content = message.get("content")
+    if content is not None and content.__class__ is not str:
+        if not isinstance(content, list):
+            where = f"messages[{index}].content"
+            raise BadRequest(
+                f"`{where}` must be a string, an array of content parts or null, not {_json_type(content)}.",
+                param=where,
+            )
+        for number, part in enumerate(content):
+            if not isinstance(part, dict):
+                where = f"messages[{index}].content[{number}]"
+                raise BadRequest(f"`{where}` must be an object, not {_json_type(part)}.", param=where)
+    _check_strings(f"messages[{index}]", message, ("name", "tool_call_id"))
+    calls = message.get("tool_calls")
+    if calls is not None:
+        _check_tool_calls(f"messages[{index}].tool_calls", calls)
+
+
+def _check_tool_calls(where: str, calls: Any) -> None:
+    if not isinstance(calls, list):
+        raise BadRequest(f"`{where}` must be an array, not {_json_type(calls)}.", param=where)
+    for number, call in enumerate(calls):
+        here = f"{where}[{number}]"
+        if not isinstance(call, dict):
+            raise BadRequest(f"`{here}` must be an object, not {_json_type(call)}.", param=here)
+        _check_strings(here, call, ("id", "type"))
+        function = call.get("function")
+        if function is None:
+            continue
+        if not isinstance(function, dict):
+            raise BadRequest(
+                f"`{here}.function` must be an object, not {_json_type(function)}.", param=f"{here}.function"
+            )
+        _check_strings(f"{here}.function", function, ("name", "arguments"))
+
+
+def _check_strings(where: str, value: dict[str, Any], names: tuple[str, ...]) -> None:
+    # null stands for absent, as OpenAI reads it: SDKs echo an answer's message back with `"tool_calls": null`.
+    for name in names:
+        field = value.get(name)
+        if field is not None and not isinstance(field, str):
+            raise BadRequest(f"`{where}.{name}` must be a string, not {_json_type(field)}.", param=f"{where}.{name}")
+
+
+def _check_output_limit(name: str, value: Any) -> None:
+    """OpenAI's rule: an output limit is a whole number of at least 1 (null: none). A negative or zero one would
+    reserve nothing or less than nothing against the key's token limits."""
+    if value is None or (value.__class__ is int and value >= 1):
+        return
+    shown = str(value) if value.__class__ is int else _json_type(value)
+    raise BadRequest(f"`{name}` must be an integer of at least 1, not {shown}.", param=name)
+
+
+def _excerpt(text: str) -> str:
+    """A client's string quoted in an error message, cut short: the message must stay readable."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _json_type(value: object) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 
@@ -17,6 +18,7 @@ from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"
+ADMIN_KEY = "admin-secret-for-app-tests"
 
 
 @pytest.fixture
@@ -80,6 +82,96 @@ async def test_bad_requests_are_openai_shaped_400s(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert words in str(error["message"])
+
+
+def deep(levels: int) -> bytes:
+    """JSON arrays nested `levels` deep."""
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.fixture
+async def roomy(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with room for big bodies (deep JSON), the admin API on and client keys off."""
+    async with running(create_app(settings(tmp_path, admin_key=ADMIN_KEY, auth="none"), environ={})) as client:
+        yield client
+
+
+ODD_CHATS = [
+    ({"role": {}, "content": "x"}, "messages[0].role"),
+    ({"role": "user", "content": "x", "name": ["n"]}, "messages[0].name"),
+    ({"role": "tool", "content": "x", "tool_call_id": {}}, "messages[0].tool_call_id"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": ["x"]}]}, "messages[0].tool_calls[0].id"),
+    ({"role": "user", "content": [3]}, "messages[0].content[0]"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("message", "param"), ODD_CHATS)
+async def test_a_message_of_the_wrong_shape_is_a_400_naming_the_field_with_or_without_a_session(
+    roomy: httpx.AsyncClient, message: dict[str, Any], param: str
+) -> None:
+    created = await roomy.post("/v1/sessions", json={"model": "demo"})
+    session_id = created.json()["session_id"]
+    for headers in ({}, {"x-session-id": session_id}):
+        response = await roomy.post(CHAT, json={"model": "demo", "messages": [message]}, headers=headers)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["param"] == param
+    # The session took nothing from the refused turns, and goes on.
+    good = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await roomy.post(CHAT, json=good, headers={"x-session-id": session_id})).status_code == 200
+    shown = (await roomy.get(f"/v1/sessions/{session_id}")).json()
+    assert [m["content"] for m in shown["messages"]][:1] == ["hi"]
+    assert len(shown["messages"]) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [-(10**8), -1, 0, True, 2.5])
+async def test_an_output_limit_below_one_or_not_an_integer_is_a_400(
+    roomy: httpx.AsyncClient, field: str, value: Any
+) -> None:
+    body = {"model": "demo", "messages": [{"role": "user", "content": "x"}], field: value}
+    response = await roomy.post(CHAT, json=body)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == field
+    responses = await roomy.post("/v1/responses", json={"model": "demo", "input": "x", "max_output_tokens": value})
+    assert responses.status_code == 400
+    assert error_of(responses)["param"] == "max_output_tokens"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("levels", [129, 255, 1024, 1025, 3000])
+@pytest.mark.parametrize("path", [CHAT, "/v1/embeddings", "/v1/responses", "/v1/completions"])
+async def test_json_nested_too_deep_is_a_400_saying_so(roomy: httpx.AsyncClient, path: str, levels: int) -> None:
+    body = b'{"model": "demo", "messages": [], "input": "x", "prompt": "x", "metadata": ' + deep(levels - 1) + b"}"
+    response = await roomy.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "deeper than 128 levels" in str(error_of(response)["message"])
+
+
+@pytest.mark.anyio
+async def test_json_nested_as_deep_as_allowed_is_answered(roomy: httpx.AsyncClient) -> None:
+    message = {"role": "user", "content": "x"}
+    body = b'{"model": "demo", "messages": [' + orjson.dumps(message) + b'], "metadata": ' + deep(127) + b"}"
+    response = await roomy.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(300) + b"}}"),
+        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(130) + b"}}"),
+        ("/v1/sessions", b'{"model": "demo", "metadata": {"x": ' + deep(130) + b"}}"),
+        ("/v1/chat", b'{"model": "demo", "message": ' + deep(130) + b"}"),
+    ],
+)
+async def test_deep_json_in_other_bodies_is_refused_saying_so(roomy: httpx.AsyncClient, path: str, body: bytes) -> None:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"}
+    response = await roomy.post(path, content=body, headers=headers)
+    assert response.status_code == (422 if path.startswith("/admin") else 400), response.text
+    assert "deeper than 128 levels" in str(error_of(response)["message"])
 
 
 @pytest.mark.anyio
