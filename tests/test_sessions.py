@@ -279,6 +279,18 @@ def test_the_simple_chat_api_creates_a_session_and_continues_it(client: openai.O
         assert unknown.json()["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.parametrize("choices", ['["x"]', "[[]]", '[{"message": "x"}]', "{}", "[]", "null"])
+def test_the_simple_chat_api_answers_502_for_a_completion_with_no_message(gateway: Process, choices: str) -> None:
+    # The session here is one this call creates: its turn holds no reply either way.
+    answer = httpx.post(
+        gateway.url + "/v1/chat",
+        json={"agent_name": "test-chat", "message": "hi"},
+        headers=behave(status=200, body=f'{{"choices": {choices}}}'),
+    )
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "upstream_bad_response"
+
+
 def test_a_stream_is_simulated_for_an_upstream_that_cannot_stream(client: openai.OpenAI, upstream: Process) -> None:
     session_id = new_session(client, "test-nostream")
     headers = behave()
