@@ -46,10 +46,12 @@ _OUTPUT_LIMIT_FIELDS = frozenset(_OUTPUT_LIMITS)
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _ROLES = frozenset(ROLES)
 # Deepest JSON nesting accepted in a body. orjson reads 1,024 levels but writes only 254, and what a client sends is
-# written again (to sessions, to Redis, into answers) and walked by usage estimates; real requests (content parts,
-# tool schemas, metadata) stay far below this.
-MAX_DEPTH = 128
-_ALL_BUT_OPENING_BRACKETS = bytes(sorted(set(range(256)) - set(b"{[")))
+# written again (upstream, to sessions and stores, inside admin answers) and walked by usage estimates. 200 covers
+# any real request (content parts, tool schemas, metadata) with room for what the gateway wraps around it, and is
+# about where pydantic's parser stops too, so admin bodies share the limit.
+MAX_DEPTH = 200
+# The deepest nesting orjson writes (its recursion limit), which the depth check relies on.
+ORJSON_WRITE_DEPTH = 254
 
 
 def parse(body: bytes) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def parse(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}.") from None
     if not isinstance(data, dict):
         raise BadRequest(f"The request body must be a JSON object, not {_json_type(data)}.")
-    if _may_nest_deeply(body) and _nests_deeper(data, MAX_DEPTH):
+    if _nests_deeper(data):
         raise _too_deep(BadRequest)
     return data
 
@@ -71,37 +73,31 @@ def parse(body: bytes) -> dict[str, Any]:
 def check_depth(body: bytes, error: type[ClientError] = BadRequest) -> None:
     """Refuse a body nested deeper than `MAX_DEPTH`, for bodies another parser reads (pydantic's, for the admin API
     and the simple chat API); a body that is not JSON at all is left for that parser to report."""
-    if not _may_nest_deeply(body):
-        return
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if _is_depth_error(exc):
             raise _too_deep(error) from None
         return
-    if _nests_deeper(data, MAX_DEPTH):
+    if _nests_deeper(data):
         raise _too_deep(error)
 
 
-def _may_nest_deeply(body: bytes) -> bool:
-    # A body with no more opening brackets than the limit (counting those inside strings too) cannot nest deeper:
-    # one C-speed pass settles it for almost every request (~4 µs for 7 kB), and only the rest is walked.
-    return len(body.translate(None, _ALL_BUT_OPENING_BRACKETS)) > MAX_DEPTH
+def _nests_deeper(value: Any) -> bool:
+    """Whether objects and arrays in `value` (as orjson reads them) nest deeper than `MAX_DEPTH`.
 
-
-def _nests_deeper(value: Any, levels: int) -> bool:
-    """Whether objects and arrays in `value` (as orjson makes them) nest more than `levels` deep, the top level
-    counting as one. One level at a time: no recursion, however deep."""
-    level = [value] if value.__class__ is dict or value.__class__ is list else []
-    while level:
-        if levels == 0:
-            return True
-        levels -= 1
-        below: list[Any] = []
-        for container in level:
-            items = container.values() if container.__class__ is dict else container
-            below += [item for item in items if item.__class__ is dict or item.__class__ is list]
-        level = below
+    orjson writes at most `ORJSON_WRITE_DEPTH` levels, so `value` inside as many arrays as make up the difference
+    can be written only if it is no deeper than `MAX_DEPTH`. Writing is one pass in C: ~6 µs for a 7 kB chat body
+    and ~25 µs for 70 kB, where counting brackets in the bytes took 4 and 42 µs and walking the value in Python
+    ~80 µs for 70 kB.
+    """
+    wrapped = value
+    for _ in range(ORJSON_WRITE_DEPTH - MAX_DEPTH):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return True
     return False
 
 
@@ -138,16 +134,21 @@ def check(endpoint: Endpoint, body: dict[str, Any]) -> None:
     (a chat request), and the output limits (which reserve tokens). Session history is not checked again: it was
     checked when it was sent."""
     if endpoint is Endpoint.CHAT:
-        for index, message in enumerate(_checked_messages(body)):
-            role = message.get("role")
-            # Most messages are a known role and a string, and nothing else: two lookups settle those.
-            if not (
-                role.__class__ is str
-                and role in _ROLES
-                and message.get("content").__class__ is str
-                and len(message) == 2
-            ):
-                _check_message(index, message)
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            messages = _checked_messages(body)  # raises, naming what is wrong
+        for index, message in enumerate(messages):
+            # Most messages are a known role and a string, and nothing else: a few lookups settle those.
+            if message.__class__ is dict:
+                role = message.get("role")
+                if (
+                    role.__class__ is str
+                    and role in _ROLES
+                    and message.get("content").__class__ is str
+                    and len(message) == 2
+                ):
+                    continue
+            _check_message(index, message)
     if endpoint is not Endpoint.EMBEDDINGS:
         for name in _OUTPUT_LIMITS:
             if name in body:
@@ -206,58 +207,57 @@ def _checked_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _check_message(index: int, message: dict[str, Any]) -> None:
-    """The fields of a chat message that the gateway reads (history bounding, token estimates) or stores."""
+def _check_message(index: int, message: Any) -> None:
+    """The fields of a chat message that the gateway reads (history bounding, token estimates) or stores. Where a
+    field is named only when it is wrong: building the names costs more than the checks."""
+    if not isinstance(message, dict):
+        raise _wrong(f"messages[{index}]", "an object", message)
     role = message.get("role")
-    if role.__class__ is not str or role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         where = f"messages[{index}].role"
         if role is None:
             raise BadRequest(f"`{where}` is required.", param=where)
         if not isinstance(role, str):
-            raise BadRequest(f"`{where}` must be a string, not {_json_type(role)}.", param=where)
+            raise _wrong(where, "a string", role)
         raise BadRequest(f"`{where}` must be one of {', '.join(ROLES)}, not {_excerpt(role)}.", param=where)
     content = message.get("content")
-    if content is not None and content.__class__ is not str:
+    if content is not None and not isinstance(content, str):
         if not isinstance(content, list):
-            where = f"messages[{index}].content"
-            raise BadRequest(
-                f"`{where}` must be a string, an array of content parts or null, not {_json_type(content)}.",
-                param=where,
-            )
+            raise _wrong(f"messages[{index}].content", "a string, an array of content parts or null", content)
         for number, part in enumerate(content):
             if not isinstance(part, dict):
-                where = f"messages[{index}].content[{number}]"
-                raise BadRequest(f"`{where}` must be an object, not {_json_type(part)}.", param=where)
-    _check_strings(f"messages[{index}]", message, ("name", "tool_call_id"))
+                raise _wrong(f"messages[{index}].content[{number}]", "an object", part)
+    # null stands for absent, as OpenAI reads it: SDKs echo an answer's message back with `"tool_calls": null`.
+    for name in ("name", "tool_call_id"):
+        value = message.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _wrong(f"messages[{index}].{name}", "a string", value)
     calls = message.get("tool_calls")
-    if calls is not None:
-        _check_tool_calls(f"messages[{index}].tool_calls", calls)
-
-
-def _check_tool_calls(where: str, calls: Any) -> None:
+    if calls is None:
+        return
     if not isinstance(calls, list):
-        raise BadRequest(f"`{where}` must be an array, not {_json_type(calls)}.", param=where)
+        raise _wrong(f"messages[{index}].tool_calls", "an array", calls)
     for number, call in enumerate(calls):
-        here = f"{where}[{number}]"
+        where = f"messages[{index}].tool_calls[{number}]"
         if not isinstance(call, dict):
-            raise BadRequest(f"`{here}` must be an object, not {_json_type(call)}.", param=here)
-        _check_strings(here, call, ("id", "type"))
+            raise _wrong(where, "an object", call)
+        for name in ("id", "type"):
+            value = call.get(name)
+            if value is not None and not isinstance(value, str):
+                raise _wrong(f"{where}.{name}", "a string", value)
         function = call.get("function")
         if function is None:
             continue
         if not isinstance(function, dict):
-            raise BadRequest(
-                f"`{here}.function` must be an object, not {_json_type(function)}.", param=f"{here}.function"
-            )
-        _check_strings(f"{here}.function", function, ("name", "arguments"))
+            raise _wrong(f"{where}.function", "an object", function)
+        for name in ("name", "arguments"):
+            value = function.get(name)
+            if value is not None and not isinstance(value, str):
+                raise _wrong(f"{where}.function.{name}", "a string", value)
 
 
-def _check_strings(where: str, value: dict[str, Any], names: tuple[str, ...]) -> None:
-    # null stands for absent, as OpenAI reads it: SDKs echo an answer's message back with `"tool_calls": null`.
-    for name in names:
-        field = value.get(name)
-        if field is not None and not isinstance(field, str):
-            raise BadRequest(f"`{where}.{name}` must be a string, not {_json_type(field)}.", param=f"{where}.{name}")
+def _wrong(where: str, expected: str, value: Any) -> BadRequest:
+    return BadRequest(f"`{where}` must be {expected}, not {_json_type(value)}.", param=where)
 
 
 def _check_output_limit(name: str, value: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.payload import MAX_DEPTH
 from gateway.settings import Settings
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
@@ -140,19 +141,19 @@ async def test_an_output_limit_below_one_or_not_an_integer_is_a_400(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("levels", [129, 255, 1024, 1025, 3000])
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 255, 1024, 1025, 3000])
 @pytest.mark.parametrize("path", [CHAT, "/v1/embeddings", "/v1/responses", "/v1/completions"])
 async def test_json_nested_too_deep_is_a_400_saying_so(roomy: httpx.AsyncClient, path: str, levels: int) -> None:
     body = b'{"model": "demo", "messages": [], "input": "x", "prompt": "x", "metadata": ' + deep(levels - 1) + b"}"
     response = await roomy.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
-    assert "deeper than 128 levels" in str(error_of(response)["message"])
+    assert f"deeper than {MAX_DEPTH} levels" in str(error_of(response)["message"])
 
 
 @pytest.mark.anyio
 async def test_json_nested_as_deep_as_allowed_is_answered(roomy: httpx.AsyncClient) -> None:
     message = {"role": "user", "content": "x"}
-    body = b'{"model": "demo", "messages": [' + orjson.dumps(message) + b'], "metadata": ' + deep(127) + b"}"
+    body = b'{"model": "demo", "messages": [' + orjson.dumps(message) + b'], "metadata": ' + deep(MAX_DEPTH - 1) + b"}"
     response = await roomy.post(CHAT, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 200, response.text
 
@@ -162,16 +163,16 @@ async def test_json_nested_as_deep_as_allowed_is_answered(roomy: httpx.AsyncClie
     ("path", "body"),
     [
         ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(300) + b"}}"),
-        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(130) + b"}}"),
-        ("/v1/sessions", b'{"model": "demo", "metadata": {"x": ' + deep(130) + b"}}"),
-        ("/v1/chat", b'{"model": "demo", "message": ' + deep(130) + b"}"),
+        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(MAX_DEPTH - 1) + b"}}"),
+        ("/v1/sessions", b'{"model": "demo", "metadata": {"x": ' + deep(MAX_DEPTH - 1) + b"}}"),
+        ("/v1/chat", b'{"model": "demo", "message": ' + deep(MAX_DEPTH) + b"}"),
     ],
 )
 async def test_deep_json_in_other_bodies_is_refused_saying_so(roomy: httpx.AsyncClient, path: str, body: bytes) -> None:
     headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"}
     response = await roomy.post(path, content=body, headers=headers)
     assert response.status_code == (422 if path.startswith("/admin") else 400), response.text
-    assert "deeper than 128 levels" in str(error_of(response)["message"])
+    assert f"deeper than {MAX_DEPTH} levels" in str(error_of(response)["message"])
 
 
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}

@@ -9,7 +9,17 @@ import pytest
 
 from gateway.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest, ValidationFailed
-from gateway.payload import MAX_DEPTH, Endpoint, check, check_depth, model_of, parse, prepare, wants_stream
+from gateway.payload import (
+    MAX_DEPTH,
+    ORJSON_WRITE_DEPTH,
+    Endpoint,
+    check,
+    check_depth,
+    model_of,
+    parse,
+    prepare,
+    wants_stream,
+)
 
 
 def make_agent(llm: dict[str, Any] | None = None, **fields: Any) -> Agent:
@@ -226,6 +236,22 @@ def nested(levels: int) -> bytes:
     """A body whose objects and arrays nest `levels` deep, the body itself counting as one."""
     inner = b"[" * (levels - 2) + b"]" * (levels - 2)
     return b'{"model": "bot", "messages": [], "metadata": {"x": ' + inner + b"}}"
+
+
+def test_orjson_writes_exactly_as_deep_as_the_depth_check_assumes() -> None:
+    orjson.dumps(orjson.loads(b"[" * ORJSON_WRITE_DEPTH + b"]" * ORJSON_WRITE_DEPTH))
+    too_deep = orjson.loads(b"[" * (ORJSON_WRITE_DEPTH + 1) + b"]" * (ORJSON_WRITE_DEPTH + 1))
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(too_deep)
+
+
+@pytest.mark.parametrize("opening", [b"[", b'{"a": '])
+def test_json_nested_to_the_limit_in_objects_or_arrays_parses_and_one_more_level_does_not(opening: bytes) -> None:
+    closing = b"]" if opening == b"[" else b"}"
+    inner = opening * (MAX_DEPTH - 1) + b"1" + closing * (MAX_DEPTH - 1)
+    assert parse(b'{"x": ' + inner + b"}")["x"] is not None
+    with pytest.raises(BadRequest, match="deeper than"):
+        parse(b'{"x": ' + opening + inner + closing + b"}")
 
 
 def test_json_nested_up_to_the_limit_parses() -> None:
