@@ -16,19 +16,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__, reports
-from gateway.admin_schema import KeyCreate, KeyUpdate, Rotate, openapi_document
+from gateway.admin_schema import DAYS, KEYS_LIMIT, OFFSET, IntParam, KeyCreate, KeyUpdate, Rotate, openapi_document
 from gateway.agents import Agent
 from gateway.auth import presented_secret
 from gateway.errors import AdminAuthFailed, BadRequest, ClientError, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
+from gateway.payload import check_depth
 from gateway.proxy import read_body
 from gateway.routing import RoutingTable
 from gateway.store.base import Store
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
-MAX_PAGE = 500
-MAX_DAYS = 400
 
 
 def json_response(content: Any, status: int = 200) -> Response:
@@ -108,8 +107,8 @@ class AdminAPI:
 
     async def list_keys(self, request: Request) -> Response:
         query = request.query_params
-        offset = int_param(query.get("offset"), "offset", 0, 0, None)
-        limit = int_param(query.get("limit"), "limit", 50, 1, MAX_PAGE)
+        offset = int_param(query.get("offset"), OFFSET)
+        limit = int_param(query.get("limit"), KEYS_LIMIT)
         name = (query.get("name") or "").lower()
         include_revoked = _bool_param(query.get("include_revoked"), "include_revoked", default=True)
         wanted = {k.removeprefix("metadata."): v for k, v in query.items() if k.startswith("metadata.")}
@@ -192,7 +191,7 @@ class AdminAPI:
 
     async def key_usage(self, request: Request) -> Response:
         record = await self._key(request)
-        days = int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
+        days = int_param(request.query_params.get("days"), DAYS)
         now = utcnow()
         periods = reports.days_back(now.date(), days)
         month = now.date().isoformat()[:7]
@@ -212,7 +211,7 @@ class AdminAPI:
         return json_response({"key_id": record.id, "reset": True})
 
     async def all_usage(self, request: Request) -> Response:
-        days = int_param(request.query_params.get("days"), "days", 30, 1, MAX_DAYS)
+        days = int_param(request.query_params.get("days"), DAYS)
         periods = reports.days_back(utcnow().date(), days)
         return json_response(reports.summarize(await self._store.usage(None, periods), periods))
 
@@ -272,6 +271,7 @@ async def read_model(
     raw = await read_body(request, limit)
     if not raw.strip() and allow_empty:
         raw = b"{}"
+    check_depth(raw, error)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -305,10 +305,17 @@ def _bool_param(raw: str | None, name: str, *, default: bool) -> bool:
     raise BadRequest(f"`{name}` must be true or false.", param=name)
 
 
-def int_param(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+def int_param(raw: str | None, param: IntParam) -> int:
+    """A whole-number query parameter within its bounds; 400 naming it otherwise."""
     if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
-        bounds = f"from {low}" + (f" to {high}" if high is not None else "")
-        raise BadRequest(f"`{name}` must be a whole number {bounds}.", param=name)
-    return int(raw)
+        return param.default
+    # ASCII digits only, and not too many: str.isdigit() also takes "²", which int() refuses, and int() refuses
+    # strings of more than 4,300 digits.
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS else None
+    if value is None or not param.low <= value <= param.high:
+        raise BadRequest(f"`{param.name}` must be a whole number from {param.low} to {param.high}.", param=param.name)
+    return value
+
+
+# More digits than any bound has: longer numbers (or zeros in front of one) are out of range.
+_MAX_DIGITS = 20

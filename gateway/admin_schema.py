@@ -2,12 +2,66 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from gateway.ratelimit import MAX_TOKENS
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+# Ceilings far above any real use. They keep every bucket, counter and header exact (Lua numbers and the floats
+# the headers come from are exact up to 2^53) and storable (SQLite and Redis hold 64-bit integers).
+MAX_REQUESTS_PER_MINUTE = 1_000_000_000
+MAX_CONCURRENT = 1_000_000
+MAX_OFFSET = 1_000_000_000
+# Integers a store keeps exactly: orjson writes at most 64 bits, SQLite and Redis hold signed 64-bit integers.
+_INT64 = 2**63
+
+
+@dataclass(frozen=True, slots=True)
+class IntParam:
+    """A whole-number query parameter: what its handler accepts, and what the OpenAPI document says of it."""
+
+    name: str
+    default: int
+    low: int
+    high: int
+
+
+OFFSET = IntParam("offset", 0, 0, MAX_OFFSET)
+KEYS_LIMIT = IntParam("limit", 50, 1, 500)
+SESSIONS_LIMIT = IntParam("limit", 20, 1, 100)
+DAYS = IntParam("days", 30, 1, 400)
+
+
+def _storable(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """Refuse what no store could write back: integers beyond 64 bits, and NaN or infinite numbers."""
+    problem = _unstorable(value, info.field_name or "metadata")
+    if problem is not None:
+        raise PydanticCustomError("unstorable", "{problem}", {"problem": problem})
+    return value
+
+
+def _unstorable(value: Any, where: str) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -_INT64 <= value < _INT64 else f"`{where}` is an integer beyond 64 bits, which cannot be stored"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"`{where}` is not a finite number, which cannot be stored"
+    if isinstance(value, dict):
+        return next((p for k, v in value.items() if (p := _unstorable(v, f"{where}.{k}")) is not None), None)
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _unstorable(v, f"{where}[{i}]")) is not None), None)
+    return None
+
+
+# Free-form JSON a client or operator attaches to a key or a session.
+Metadata = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class Body(BaseModel):
@@ -15,21 +69,28 @@ class Body(BaseModel):
 
 
 class LimitsBody(Body):
-    rpm: int | None = Field(default=None, gt=0, description="Requests per minute.")
-    rpm_burst: int | None = Field(default=None, gt=0, description="Request bucket size (default: rpm).")
-    tpm: int | None = Field(default=None, gt=0, description="LLM tokens per minute.")
-    tpm_burst: int | None = Field(default=None, gt=0, description="Token bucket size (default: tpm).")
-    max_concurrent: int | None = Field(default=None, gt=0, description="Requests in flight at once.")
+    rpm: int | None = Field(default=None, gt=0, le=MAX_REQUESTS_PER_MINUTE, description="Requests per minute.")
+    rpm_burst: int | None = Field(
+        default=None, gt=0, le=MAX_REQUESTS_PER_MINUTE, description="Request bucket size (default: rpm)."
+    )
+    tpm: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="LLM tokens per minute.")
+    tpm_burst: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="Token bucket size (default: tpm).")
+    max_concurrent: int | None = Field(default=None, gt=0, le=MAX_CONCURRENT, description="Requests in flight at once.")
     cooldown_after: int | None = Field(
-        default=None, gt=0, description="After this many refusals within cooldown_window, refuse all for a while."
+        default=None,
+        gt=0,
+        le=MAX_CONCURRENT,
+        description="After this many refusals within cooldown_window, refuse all for a while.",
     )
     cooldown_window: float | None = Field(default=None, gt=0, le=86400, description="Seconds (default 60).")
     cooldown_seconds: float | None = Field(default=None, gt=0, le=86400, description="Seconds (default 60).")
 
 
 class QuotasBody(Body):
-    tokens_per_day: int | None = Field(default=None, gt=0, description="Tokens per UTC calendar day.")
-    tokens_per_month: int | None = Field(default=None, gt=0, description="Tokens per UTC calendar month.")
+    tokens_per_day: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="Tokens per UTC calendar day.")
+    tokens_per_month: int | None = Field(
+        default=None, gt=0, le=MAX_TOKENS, description="Tokens per UTC calendar month."
+    )
 
 
 class KeyCreate(Body):
@@ -38,18 +99,26 @@ class KeyCreate(Body):
     expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, e.g. ...Z.")
     limits: LimitsBody = Field(default_factory=LimitsBody)
     quotas: QuotasBody = Field(default_factory=QuotasBody)
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form: user, team, purpose.")
+    metadata: Metadata = Field(default_factory=dict, description="Free-form: user, team, purpose.")
+
+
+def _string_only(schema: dict[str, Any]) -> None:
+    """The schema of an optional string field whose null is refused: the string's own schema, no null default."""
+    string = next(s for s in schema.pop("anyOf") if s.get("type") == "string")
+    schema.pop("default", None)
+    schema.update(string)
 
 
 class KeyUpdate(Body):
     """Only the fields sent change; `limits` and `quotas` are merged field by field (null clears one)."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    # Absent: unchanged. null is refused by the handler (a key always has a name): the schema shows a string only.
+    name: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_string_only)
     models: list[str] | None = None
     expires_at: AwareDatetime | None = None
     limits: LimitsBody | None = None
     quotas: QuotasBody | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class Rotate(Body):
@@ -222,10 +291,10 @@ _SCHEMAS: tuple[type[BaseModel], ...] = (
 )  # fmt: skip
 
 # (method, path, summary, request body model, success status, response model, extra query parameters)
-_OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str, ...]], ...] = (
+_OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str | IntParam, ...]], ...] = (
     ("post", "/admin/keys", "Create a key; the secret is in this response only", "KeyCreate", 201, "KeyWithSecret", ()),
     ("get", "/admin/keys", "List keys; also filter by metadata with `metadata.<field>=<value>`", None, 200, "KeyList",
-     ("name", "offset", "limit", "include_revoked")),
+     ("name", OFFSET, KEYS_LIMIT, "include_revoked")),
     ("get", "/admin/keys/{key_id}", "Show a key", None, 200, "KeyOut", ()),
     ("patch", "/admin/keys/{key_id}", "Change a key's name, models, expiry, limits, quotas or metadata",
      "KeyUpdate", 200, "KeyOut", ()),
@@ -233,14 +302,14 @@ _OPERATIONS: tuple[tuple[str, str, str, str | None, int, str, tuple[str, ...]], 
     ("post", "/admin/keys/{key_id}/rotate", "New secret; the old one works for grace_seconds", "Rotate", 200,
      "KeyWithSecret", ()),
     ("get", "/admin/keys/{key_id}/usage", "A key's usage by agent and day, and its quotas", None, 200, "KeyUsage",
-     ("days",)),
+     (DAYS,)),
     ("post", "/admin/keys/{key_id}/usage/reset", "Forget a key's usage", None, 200, "UsageReset", ()),
-    ("get", "/admin/usage", "Usage of every key", None, 200, "AllUsage", ("days",)),
+    ("get", "/admin/usage", "Usage of every key", None, 200, "AllUsage", (DAYS,)),
     ("get", "/admin/routes", "The route table in force (keys masked)", None, 200, "RouteList", ()),
     ("post", "/admin/reload", "Re-read the route config; a bad one is refused and the old one stays", None, 200,
      "Reloaded", ()),
     ("get", "/admin/sessions", "Every key's sessions, newest first; `key_id` narrows to one key's", None, 200,
-     "SessionList", ("key_id", "user_id", "model", "offset", "limit")),
+     "SessionList", ("key_id", "user_id", "model", OFFSET, SESSIONS_LIMIT)),
     ("get", "/admin/sessions/{session_id}", "A session with its messages, whoever owns it", None, 200,
      "SessionWithMessages", ()),
     ("delete", "/admin/sessions/{session_id}", "Delete a session, whoever owns it", None, 200, "SessionDeleted", ()),
@@ -280,7 +349,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             for name in _MISSING
             if f"{{{name}}}" in path
         ]
-        parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in query]
+        parameters += [_query_parameter(param) for param in query]
         if parameters:
             operation["parameters"] = parameters
         if body:
@@ -298,6 +367,19 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "paths": paths,
     }
+
+
+def _query_parameter(param: str | IntParam) -> dict[str, Any]:
+    if isinstance(param, IntParam):
+        bounds = {"minimum": param.low, "maximum": param.high, "default": param.default}
+        return {"name": param.name, "in": "query", "schema": {"type": "integer", **bounds}}
+    if param in _BOOLEAN_PARAMS:
+        return {"name": param, "in": "query", "schema": {"type": "boolean", "default": _BOOLEAN_PARAMS[param]}}
+    return {"name": param, "in": "query", "schema": {"type": "string"}}
+
+
+# Boolean query parameters, with their defaults.
+_BOOLEAN_PARAMS = {"include_revoked": True}
 
 
 def _content(model: str, description: str) -> dict[str, Any]:

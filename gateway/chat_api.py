@@ -82,7 +82,8 @@ def _simple(response: Response, session_id: str | None) -> Response:
     """A chat completion cut down to `{session_id, message, usage}`, with the headers it came with."""
     completion = orjson.loads(response.body)
     choices = completion.get("choices") if isinstance(completion, dict) else None
-    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
     if not isinstance(message, dict):
         raise UpstreamBadResponse("The upstream's chat completion holds no message.")
     reply = {"role": message.get("role", "assistant"), "content": message.get("content")}

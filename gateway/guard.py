@@ -18,7 +18,7 @@ from gateway.keys import KeyRecord
 from gateway.limiter import Limiter
 from gateway.payload import Endpoint
 from gateway.policy import Defaults, charge_for, client_address, key_quotas
-from gateway.ratelimit import Charge
+from gateway.ratelimit import Charge, bounded
 from gateway.store.base import Store
 
 logger = logging.getLogger("gateway.guard")
@@ -99,14 +99,15 @@ class Guard:
                 kind=decision.refused_kind,
             )
         exchange.charge = charge
-        exchange.reserved_tokens = tokens
+        exchange.reserved_tokens = charge.tokens  # what was taken, bounded: settling corrects exactly that
 
     def _output_limit(self, agent: Agent, endpoint: Endpoint, body: dict[str, Any]) -> int:
         """The output tokens to reserve: the request's own limit, else the gateway's default; checked (or clamped)
         against the agent's `max_tokens_per_request`."""
         if endpoint is Endpoint.EMBEDDINGS:
             return 0
-        field = next((f for f in _OUTPUT_FIELDS if isinstance(body.get(f), int)), None)
+        # payload.check refused anything but whole numbers of at least 1 (booleans are ints to isinstance).
+        field = next((f for f in _OUTPUT_FIELDS if type(body.get(f)) is int), None)
         requested: int = body[field] if field is not None else self._default_max_tokens
         ceiling = agent.spec.limits.max_tokens_per_request
         clamp = agent.spec.limits.over_max_tokens == "clamp"
@@ -213,11 +214,13 @@ _MAYBE_GENERATED = frozenset({502, 504})
 def _settlement(exchange: Exchange) -> int:
     """Tokens to charge (> 0) or refund (< 0) once the request is over."""
     reserved = exchange.reserved_tokens
+    # Never refund more than was reserved, whatever the counts say: a counter can then never go below what the
+    # requests in flight still hold.
+    used = bounded((exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0))
     if exchange.prompt_tokens is not None and not exchange.usage_estimated:
-        return exchange.prompt_tokens + (exchange.completion_tokens or 0) - reserved
+        return used - reserved
     if exchange.status >= 400 and exchange.status not in _MAYBE_GENERATED:
         return -reserved  # an error answer (the provider's own included): nothing was generated
     # Cut short, timed out or dropped without the upstream's count: keep the reservation, never refund what
     # may have been used; charge more only when the text relayed shows more.
-    used = (exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0)
     return max(0, used - reserved)

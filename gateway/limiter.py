@@ -64,6 +64,7 @@ class MemoryLimiter:
         return entry[0] if entry is not None and entry[1] > now else 0
 
     async def settle(self, charge: Charge, delta: int) -> None:
+        delta = ratelimit.bounded_delta(delta)
         now = self._clock()
         for bucket in charge.buckets:
             if bucket.kind == "tokens":

@@ -81,7 +81,7 @@ class RedisLimiter:
         if self._resting():
             await self._fallback.settle(charge, delta)
             return
-        args: list[str | float | int] = [0, len(token_buckets), len(charge.quotas), delta]
+        args: list[str | float | int] = [0, len(token_buckets), len(charge.quotas), ratelimit.bounded_delta(delta)]
         for bucket in token_buckets:
             args += [bucket.rate, bucket.capacity]
         now = time.time()

@@ -70,6 +70,7 @@ class Proxy:
         exchange.key_id = key.id if key is not None else None
         model = payload.model_of(body)
         stream = payload.wants_stream(body)
+        payload.check(endpoint, body)
         agent = self._routes().match(model)
         if agent is None:
             raise ModelNotFound(model)

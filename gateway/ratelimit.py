@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["requests", "tokens"]
+# The most tokens a bucket or quota holds and a request reserves or settles (a trillion): every count stays an exact
+# integer in Python floats and Lua numbers (exact to 2^53), so what the headers show always adds up.
+MAX_TOKENS = 1_000_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,12 @@ class Charge:
     tokens: int
     prompt_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        # Never less than nothing, never more than any limit holds: a negative reservation would lower a counter
+        # that a concurrent settlement then clamps at 0, and settling it would add the difference back for good.
+        object.__setattr__(self, "tokens", bounded(self.tokens))
+        object.__setattr__(self, "prompt_tokens", bounded(self.prompt_tokens))
+
     def cost(self, bucket: Bucket) -> float:
         return self.requests if bucket.kind == "requests" else self.tokens
 
@@ -83,6 +92,17 @@ class Decision:
     refused_by: str = ""  # the label of the limit that refused
     quota: Quota | None = None  # set when a quota refused
     refused_kind: Kind = "requests"  # the kind of the bucket that refused
+
+
+def bounded(tokens: int) -> int:
+    """A token count within 0 and `MAX_TOKENS`."""
+    return min(max(tokens, 0), MAX_TOKENS)
+
+
+def bounded_delta(delta: int) -> int:
+    """A settlement within what a reservation can have been: a refund of at most `MAX_TOKENS`, a charge of at
+    most as much."""
+    return min(max(delta, -MAX_TOKENS), MAX_TOKENS)
 
 
 def refill(level: Level | None, bucket: Bucket, now: float) -> float:

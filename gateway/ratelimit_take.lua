@@ -10,7 +10,9 @@ if now <= 0 then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local nb, nq = tonumber(ARGV[2]), tonumber(ARGV[3])
-local requests, tokens, prompt = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Never a negative charge, whoever calls: it would lower a counter that a concurrent settlement then clamps at 0.
+local requests = math.max(0, tonumber(ARGV[4]))
+local tokens, prompt = math.max(0, tonumber(ARGV[5])), math.max(0, tonumber(ARGV[6]))
 local levels, rates, caps, costs = {}, {}, {}, {}
 local refused, wait = 0, 0
 local i = 7

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admin import int_param, json_response, read_model
+from gateway.admin_schema import OFFSET, SESSIONS_LIMIT, Metadata
 from gateway.auth import Authenticator, authorize
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.exchange import exchange_of
@@ -17,7 +17,6 @@ from gateway.routing import RoutingTable
 from gateway.sessions.service import Sessions
 from gateway.sessions.store import Session
 
-MAX_PAGE = 100
 MAX_TTL_SECONDS = 366 * 24 * 3600
 
 
@@ -26,7 +25,7 @@ class SessionCreate(BaseModel):
 
     model: str = Field(min_length=1, validation_alias=AliasChoices("model", "agent_name"))
     user_id: str | None = Field(default=None, max_length=256)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
@@ -98,8 +97,8 @@ class SessionsAPI:
         self, request: Request, key_id: str | None, *, all_keys: bool, show_owner: bool = False
     ) -> Response:
         query = request.query_params
-        offset = int_param(query.get("offset"), "offset", 0, 0, None)
-        limit = int_param(query.get("limit"), "limit", 20, 1, MAX_PAGE)
+        offset = int_param(query.get("offset"), OFFSET)
+        limit = int_param(query.get("limit"), SESSIONS_LIMIT)
         model = query.get("model") or None
         agent = self._routes().match(model) if model else None
         page, total = await self._sessions.list(

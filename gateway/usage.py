@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
 from gateway import sse
 from gateway.payload import Endpoint
+from gateway.ratelimit import MAX_TOKENS
 
 # Mean characters per token of English text with OpenAI's tokenizers: good enough for estimates.
 CHARS_PER_TOKEN = 4
@@ -59,9 +60,15 @@ def _from_usage(usage: Any) -> Usage | None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    if not (_is_count(prompt) and _is_count(completion)):
         return None
     return Usage(prompt, completion)
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    """A token count settlement and the usage store can take: a whole number from 0 to `MAX_TOKENS`. Anything else
+    (negative, a boolean, beyond 64 bits) reads as no count at all, and the reservation is kept."""
+    return type(value) is int and 0 <= value <= MAX_TOKENS
 
 
 def ask_for_stream_usage(endpoint: Endpoint, body: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,11 +18,13 @@ from starlette.routing import Route
 from gateway.app import create_app
 from gateway.exchange import Exchange
 from gateway.middleware import RequestContextMiddleware
+from gateway.payload import MAX_DEPTH
 from gateway.settings import Settings
 from gateway.upstream import UpstreamRequest, UpstreamResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"
+ADMIN_KEY = "admin-secret-for-app-tests"
 
 
 @pytest.fixture
@@ -85,6 +88,257 @@ async def test_bad_requests_are_openai_shaped_400s(
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert words in str(error["message"])
+
+
+def deep(levels: int) -> bytes:
+    """JSON arrays nested `levels` deep."""
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.fixture
+async def roomy(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with room for big bodies (deep JSON), the admin API on and client keys off."""
+    async with running(create_app(settings(tmp_path, admin_key=ADMIN_KEY, auth="none"), environ={})) as client:
+        yield client
+
+
+ODD_CHATS = [
+    ({"role": {}, "content": "x"}, "messages[0].role"),
+    ({"role": "user", "content": "x", "name": ["n"]}, "messages[0].name"),
+    ({"role": "tool", "content": "x", "tool_call_id": {}}, "messages[0].tool_call_id"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"id": ["x"]}]}, "messages[0].tool_calls[0].id"),
+    ({"role": "user", "content": [3]}, "messages[0].content[0]"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("message", "param"), ODD_CHATS)
+async def test_a_message_of_the_wrong_shape_is_a_400_naming_the_field_with_or_without_a_session(
+    roomy: httpx.AsyncClient, message: dict[str, Any], param: str
+) -> None:
+    created = await roomy.post("/v1/sessions", json={"model": "demo"})
+    session_id = created.json()["session_id"]
+    for headers in ({}, {"x-session-id": session_id}):
+        response = await roomy.post(CHAT, json={"model": "demo", "messages": [message]}, headers=headers)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["param"] == param
+    # The session took nothing from the refused turns, and goes on.
+    good = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await roomy.post(CHAT, json=good, headers={"x-session-id": session_id})).status_code == 200
+    shown = (await roomy.get(f"/v1/sessions/{session_id}")).json()
+    assert [m["content"] for m in shown["messages"]][:1] == ["hi"]
+    assert len(shown["messages"]) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [-(10**8), -1, 0, True, 2.5])
+async def test_an_output_limit_below_one_or_not_an_integer_is_a_400(
+    roomy: httpx.AsyncClient, field: str, value: Any
+) -> None:
+    body = {"model": "demo", "messages": [{"role": "user", "content": "x"}], field: value}
+    response = await roomy.post(CHAT, json=body)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == field
+    responses = await roomy.post("/v1/responses", json={"model": "demo", "input": "x", "max_output_tokens": value})
+    assert responses.status_code == 400
+    assert error_of(responses)["param"] == "max_output_tokens"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 255, 1024, 1025, 3000])
+@pytest.mark.parametrize("path", [CHAT, "/v1/embeddings", "/v1/responses", "/v1/completions"])
+async def test_json_nested_too_deep_is_a_400_saying_so(roomy: httpx.AsyncClient, path: str, levels: int) -> None:
+    body = b'{"model": "demo", "messages": [], "input": "x", "prompt": "x", "metadata": ' + deep(levels - 1) + b"}"
+    response = await roomy.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert f"deeper than {MAX_DEPTH} levels" in str(error_of(response)["message"])
+
+
+@pytest.mark.anyio
+async def test_json_nested_as_deep_as_allowed_is_answered(roomy: httpx.AsyncClient) -> None:
+    message = {"role": "user", "content": "x"}
+    body = b'{"model": "demo", "messages": [' + orjson.dumps(message) + b'], "metadata": ' + deep(MAX_DEPTH - 1) + b"}"
+    response = await roomy.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(300) + b"}}"),
+        ("/admin/keys", b'{"name": "x", "metadata": {"x": ' + deep(MAX_DEPTH - 1) + b"}}"),
+        ("/v1/sessions", b'{"model": "demo", "metadata": {"x": ' + deep(MAX_DEPTH - 1) + b"}}"),
+        ("/v1/chat", b'{"model": "demo", "message": ' + deep(MAX_DEPTH) + b"}"),
+    ],
+)
+async def test_deep_json_in_other_bodies_is_refused_saying_so(roomy: httpx.AsyncClient, path: str, body: bytes) -> None:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"}
+    response = await roomy.post(path, content=body, headers=headers)
+    assert response.status_code == (422 if path.startswith("/admin") else 400), response.text
+    assert f"deeper than {MAX_DEPTH} levels" in str(error_of(response)["message"])
+
+
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", ["²", "١٢", "1" * 5000, str(2**64), "-1", "1.5", "0x10", " 1", "1e3", "true"])
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/sessions", "limit"),
+        ("/v1/sessions", "offset"),
+        ("/admin/sessions", "limit"),
+        ("/admin/sessions", "offset"),
+        ("/admin/keys", "limit"),
+        ("/admin/keys", "offset"),
+        ("/admin/usage", "days"),
+    ],
+)
+async def test_a_bad_whole_number_in_the_query_is_a_400_naming_it(
+    roomy: httpx.AsyncClient, path: str, name: str, value: str
+) -> None:
+    response = await roomy.get(path, params={name: value}, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["param"] == name
+    assert "must be a whole number from" in str(error["message"])
+
+
+@pytest.mark.anyio
+async def test_whole_numbers_at_their_bounds_are_accepted(roomy: httpx.AsyncClient) -> None:
+    key = (await roomy.post("/admin/keys", json={"name": "k"}, headers=ADMIN)).json()
+    for path, params in [
+        ("/admin/keys", {"offset": "1000000000", "limit": "500"}),
+        ("/admin/sessions", {"offset": "0", "limit": "100"}),
+        ("/v1/sessions", {"offset": "00", "limit": "1"}),
+        ("/admin/usage", {"days": "400"}),
+        (f"/admin/keys/{key['id']}/usage", {"days": "1"}),
+    ]:
+        response = await roomy.get(path, params=params, headers=ADMIN)
+        assert response.status_code == 200, (path, response.text)
+
+
+UNSTORABLE = [
+    (b"18446744073709551616", "an integer beyond 64 bits"),
+    (b"-9223372036854775809", "an integer beyond 64 bits"),
+    (b"1" * 400, "an integer beyond 64 bits"),
+    (b"1e400", "not a finite number"),
+    (b"NaN", "not a finite number"),
+    (b"-Infinity", "not a finite number"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("value", "words"), UNSTORABLE)
+async def test_metadata_that_no_store_can_keep_is_refused_naming_the_field(
+    roomy: httpx.AsyncClient, value: bytes, words: str
+) -> None:
+    metadata = b'{"team": "a", "cost": {"cap": [1, ' + value + b"]}}"
+    headers = {**ADMIN, "content-type": "application/json"}
+    created = await roomy.post("/admin/keys", content=b'{"name": "x", "metadata": ' + metadata + b"}", headers=headers)
+    assert created.status_code == 422, created.text
+    assert error_of(created)["param"] == "metadata"
+    assert f"`metadata.cost.cap[1]` is {words}" in str(error_of(created)["message"])
+    key = (await roomy.post("/admin/keys", json={"name": "x"}, headers=ADMIN)).json()
+    patched = await roomy.patch(f"/admin/keys/{key['id']}", content=b'{"metadata": ' + metadata + b"}", headers=headers)
+    assert patched.status_code == 422, patched.text
+    assert error_of(patched)["param"] == "metadata"
+    session = await roomy.post(
+        "/v1/sessions", content=b'{"model": "demo", "metadata": ' + metadata + b"}", headers=headers
+    )
+    assert session.status_code == 400, session.text
+    assert error_of(session)["param"] == "metadata"
+    # Nothing half-stored: every key and session listed can still be shown.
+    assert (await roomy.get("/admin/keys", headers=ADMIN)).status_code == 200
+    assert (await roomy.get("/admin/sessions", headers=ADMIN)).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_metadata_within_64_bits_is_kept_exactly(roomy: httpx.AsyncClient) -> None:
+    metadata = {"big": 2**63 - 1, "small": -(2**63), "ratio": 0.25, "nested": [{"ok": True, "none": None}]}
+    created = await roomy.post("/admin/keys", json={"name": "x", "metadata": metadata}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    shown = await roomy.get(f"/admin/keys/{created.json()['id']}", headers=ADMIN)
+    assert shown.json()["metadata"] == metadata
+    session = await roomy.post("/v1/sessions", json={"model": "demo", "metadata": metadata})
+    assert session.status_code == 201, session.text
+    assert session.json()["metadata"] == metadata
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("limits.rpm", 2**63 - 1),
+        ("limits.rpm", 1_000_000_001),
+        ("limits.rpm_burst", 2**64),
+        ("limits.tpm", 10**12 + 1),
+        ("limits.tpm_burst", 10**30),
+        ("limits.max_concurrent", 1_000_001),
+        ("limits.cooldown_after", 2**63),
+        ("quotas.tokens_per_day", 10**12 + 1),
+        ("quotas.tokens_per_month", 2**70),
+    ],
+)
+async def test_limits_and_quotas_beyond_their_ceiling_are_refused_naming_the_field(
+    roomy: httpx.AsyncClient, field: str, value: int
+) -> None:
+    group, name = field.split(".")
+    created = await roomy.post("/admin/keys", json={"name": "x", group: {name: value}}, headers=ADMIN)
+    assert created.status_code == 422, created.text
+    assert error_of(created)["param"] == field
+    key = (await roomy.post("/admin/keys", json={"name": "x"}, headers=ADMIN)).json()
+    patched = await roomy.patch(f"/admin/keys/{key['id']}", json={group: {name: value}}, headers=ADMIN)
+    assert patched.status_code == 422, patched.text
+    assert error_of(patched)["param"] == field
+
+
+@pytest.mark.anyio
+async def test_limits_at_their_ceiling_give_headers_that_add_up(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path, admin_key=ADMIN_KEY), environ={})
+    async with running(app) as client:
+        limits = {"rpm": 1_000_000_000, "tpm": 10**12}
+        quotas = {"tokens_per_day": 10**12, "tokens_per_month": 10**12}
+        created = await client.post(
+            "/admin/keys", json={"name": "x", "limits": limits, "quotas": quotas}, headers=ADMIN
+        )
+        assert created.status_code == 201, created.text
+        body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+        answer = await client.post(CHAT, json=body, headers={"authorization": f"Bearer {created.json()['secret']}"})
+    assert answer.status_code == 200, answer.text
+    for kind in ("requests", "tokens"):
+        limit = int(answer.headers[f"x-ratelimit-limit-{kind}"])
+        remaining = int(answer.headers[f"x-ratelimit-remaining-{kind}"])
+        assert 0 < limit - remaining < 2000, (kind, limit, remaining)
+
+
+@pytest.mark.anyio
+async def test_the_admin_openapi_document_says_what_the_handlers_accept(roomy: httpx.AsyncClient) -> None:
+    document = (await roomy.get("/admin/openapi.json", headers=ADMIN)).json()
+
+    def query(path: str, name: str) -> dict[str, Any]:
+        parameters = document["paths"][path]["get"]["parameters"]
+        return dict(next(p for p in parameters if p["name"] == name)["schema"])
+
+    assert query("/admin/keys", "offset") == {"type": "integer", "minimum": 0, "maximum": 1_000_000_000, "default": 0}
+    assert query("/admin/keys", "limit") == {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}
+    assert query("/admin/keys", "include_revoked") == {"type": "boolean", "default": True}
+    assert query("/admin/keys", "name") == {"type": "string"}
+    assert query("/admin/sessions", "limit") == {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
+    assert query("/admin/usage", "days") == {"type": "integer", "minimum": 1, "maximum": 400, "default": 30}
+    assert query("/admin/keys/{key_id}/usage", "days") == query("/admin/usage", "days")
+    # PATCH refuses a null name, and the document does not offer one.
+    name = document["components"]["schemas"]["KeyUpdate"]["properties"]["name"]
+    assert name == {"type": "string", "minLength": 1, "maxLength": 200, "title": "Name"}
+    key = (await roomy.post("/admin/keys", json={"name": "x"}, headers=ADMIN)).json()
+    refused = await roomy.patch(f"/admin/keys/{key['id']}", json={"name": None}, headers=ADMIN)
+    assert refused.status_code == 422
+    assert error_of(refused)["param"] == "name"
+    rpm = document["components"]["schemas"]["LimitsBody"]["properties"]["rpm"]["anyOf"][0]
+    assert rpm == {"type": "integer", "exclusiveMinimum": 0, "maximum": 1_000_000_000}
 
 
 @pytest.mark.anyio

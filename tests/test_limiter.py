@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import redis
 
 from gateway.errors import StoreUnavailable
-from gateway.limiter import MemoryLimiter
+from gateway.limiter import Limiter, MemoryLimiter
 from gateway.limiter_redis import RedisLimiter
 from gateway.ratelimit import Bucket, Charge, Quota
 from tests.support.redis import RedisServer, start_redis
@@ -55,6 +58,68 @@ async def test_memory_settlement_moves_the_token_bucket_and_the_quota() -> None:
     decision = await limiter.take(Charge((tokens,), (quota,), 1, 90, 10))
     assert decision.allowed
     assert decision.states[0].remaining == pytest.approx(0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+    """Each limiter in turn, the Redis one against a real redis-server."""
+    if request.param == "memory":
+        yield MemoryLimiter()
+        return
+    shared = RedisLimiter(request.getfixturevalue("redis_url"), "closed")
+    yield shared
+    await shared.close()
+
+
+def day_quota(limit: int = 1000) -> Quota:
+    return Quota(f"q:{uuid.uuid4().hex}", limit, resets_at=4_000_000_000, label="tokens per day")
+
+
+async def test_a_negative_reservation_cannot_lock_a_key_out_through_a_concurrent_settlement(limiter: Limiter) -> None:
+    quota = day_quota()
+    other = Charge((), (quota,), 1, 100, 10)
+    negative = Charge((), (quota,), 1, -(10**8), 0)  # what `max_tokens: -100000000` used to reserve
+    assert (await limiter.take(other)).allowed
+    assert (await limiter.take(negative)).allowed
+    # The other request ends while the negative one is in flight, and gets a refund (it used 10)...
+    await limiter.settle(other, 10 - other.tokens)
+    # ...then the negative one ends and settles as the guard does: real usage (20) minus what it reserved.
+    await limiter.settle(negative, 20 - negative.tokens)
+    # 30 tokens used in all: a request with a 900-token prompt still fits the 1,000 of the day.
+    assert (await limiter.take(Charge((), (quota,), 1, 900, 900))).allowed
+
+
+async def test_a_negative_reservation_frees_no_room_in_a_quota_or_a_bucket(limiter: Limiter) -> None:
+    quota = day_quota()
+    tokens = bucket("tokens", per_minute=0.001, capacity=1000)  # no refill to speak of during the test
+    assert (await limiter.take(Charge((tokens,), (quota,), 1, 600, 10))).allowed
+    taken = await limiter.take(Charge((tokens,), (quota,), 1, -(10**8), 0))
+    assert taken.allowed
+    assert taken.states[0].remaining == pytest.approx(400, abs=1)  # nothing given back
+    refused = await limiter.take(Charge((tokens,), (quota,), 1, 900, 900))
+    assert not refused.allowed
+    assert refused.quota == quota
+
+
+async def test_settlements_beyond_any_limit_are_bounded(limiter: Limiter) -> None:
+    quota = day_quota(limit=10**12)
+    charge = Charge((), (quota,), 1, 100, 10)
+    assert (await limiter.take(charge)).allowed
+    await limiter.settle(charge, 2**80)  # a usage count no counter can hold: charged as the most a quota holds
+    assert not (await limiter.take(Charge((), (quota,), 1, 1, 1))).allowed
+    await limiter.settle(charge, -(2**80))  # refunded as much again: the counter is back at the bottom
+    assert (await limiter.take(Charge((), (quota,), 1, 1, 1))).allowed
+
+
+def test_the_take_script_never_charges_a_negative_amount(redis_url: str) -> None:
+    script = files("gateway").joinpath("ratelimit_take.lua").read_text(encoding="utf-8")
+    with redis.Redis.from_url(redis_url) as client:
+        take = client.register_script(script)
+        # One token bucket and one quota; -1000 tokens and a -1000-token prompt.
+        reply = take(keys=["b", "q"], args=[1000, 1, 1, 1, -1000, -1000, 1.0, 50, "t", 1000, 60])
+        assert int(reply[0]) == 1
+        assert float(reply[5]) == 50  # the bucket was not filled past its capacity
+        assert client.get("q") == b"0"
 
 
 async def test_redis_takes_are_exact_under_concurrent_callers(redis_url: str) -> None:

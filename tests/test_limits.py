@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,39 @@ def test_quotas_survive_a_restart_and_follow_a_usage_reset(upstream: Process, tm
     finally:
         operator.http.close()
         second.stop()
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_a_negative_max_tokens_is_refused_and_cannot_lock_a_key_out(
+    upstream: Process, redis_server: RedisServer, tmp_path: Path, storage: str
+) -> None:
+    config = tmp_path / "agents.yaml"
+    config.write_text(CONFIG.format(upstream=upstream.url))
+    env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(tmp_path / "s"),
+           "RATE_LIMIT_STORAGE": storage}  # fmt: skip
+    if storage == "redis":
+        redis_server.start()
+        redis_server.flush()
+        env["REDIS_URL"] = redis_server.url
+    gateway = start_gateway(config, tmp_path, env)
+    operator = Admin(gateway)
+    try:
+        key = operator.create(quotas={"tokens_per_day": 1000})
+        with ThreadPoolExecutor(1) as pool:
+            # Held upstream for a second, so that the next request settles while it is in flight.
+            negative = pool.submit(chat, gateway, key["secret"], max_tokens=-(10**8), headers=behave(hang=1.0))
+            time.sleep(0.3)
+            assert chat(gateway, key["secret"], max_tokens=5).status_code == 200
+            refused = negative.result()
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "max_tokens"
+        time.sleep(0.3)  # settlements run just after each response
+        # About 24 tokens used of 1,000: the key goes on.
+        after = chat(gateway, key["secret"], max_tokens=5)
+        assert after.status_code == 200, after.text
+    finally:
+        operator.http.close()
+        gateway.stop()
 
 
 def test_anonymous_callers_cannot_pick_their_address_from_loopback(upstream: Process, tmp_path: Path) -> None:

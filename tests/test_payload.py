@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.agents import Agent, AgentSpec, compile_agent
-from gateway.errors import BadRequest
-from gateway.payload import Endpoint, model_of, parse, prepare, wants_stream
+from gateway.errors import BadRequest, ValidationFailed
+from gateway.payload import (
+    MAX_DEPTH,
+    ORJSON_WRITE_DEPTH,
+    Endpoint,
+    check,
+    check_depth,
+    model_of,
+    parse,
+    prepare,
+    wants_stream,
+)
 
 
 def make_agent(llm: dict[str, Any] | None = None, **fields: Any) -> Agent:
@@ -219,3 +230,150 @@ def test_responses_instructions_that_are_not_a_string_are_a_bad_request() -> Non
         )
 
     assert info.value.param == "instructions"
+
+
+def nested(levels: int) -> bytes:
+    """A body whose objects and arrays nest `levels` deep, the body itself counting as one."""
+    inner = b"[" * (levels - 2) + b"]" * (levels - 2)
+    return b'{"model": "bot", "messages": [], "metadata": {"x": ' + inner + b"}}"
+
+
+def test_orjson_writes_exactly_as_deep_as_the_depth_check_assumes() -> None:
+    orjson.dumps(orjson.loads(b"[" * ORJSON_WRITE_DEPTH + b"]" * ORJSON_WRITE_DEPTH))
+    too_deep = orjson.loads(b"[" * (ORJSON_WRITE_DEPTH + 1) + b"]" * (ORJSON_WRITE_DEPTH + 1))
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(too_deep)
+
+
+@pytest.mark.parametrize("opening", [b"[", b'{"a": '])
+def test_json_nested_to_the_limit_in_objects_or_arrays_parses_and_one_more_level_does_not(opening: bytes) -> None:
+    closing = b"]" if opening == b"[" else b"}"
+    inner = opening * (MAX_DEPTH - 1) + b"1" + closing * (MAX_DEPTH - 1)
+    assert parse(b'{"x": ' + inner + b"}")["x"] is not None
+    with pytest.raises(BadRequest, match="deeper than"):
+        parse(b'{"x": ' + opening + inner + closing + b"}")
+
+
+def test_json_nested_up_to_the_limit_parses() -> None:
+    body = parse(nested(MAX_DEPTH))
+
+    assert body["model"] == "bot"
+    check_depth(nested(MAX_DEPTH))
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 255, 1024, 1025, 5000])
+def test_json_nested_deeper_than_the_limit_is_a_bad_request_saying_so(levels: int) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse(nested(levels))
+
+    assert f"deeper than {MAX_DEPTH} levels" in info.value.message
+    with pytest.raises(ValidationFailed, match=f"deeper than {MAX_DEPTH} levels"):
+        check_depth(nested(levels), ValidationFailed)
+
+
+def test_many_brackets_in_strings_or_side_by_side_are_not_depth() -> None:
+    wide = {"model": "bot", "messages": [{"role": "user", "content": "[{" * 500}] * 300, "tools": [[{}]] * 300}
+
+    assert parse(orjson.dumps(wide)) == wide
+    check_depth(orjson.dumps(wide))
+
+
+def test_check_depth_leaves_what_is_not_json_to_the_parser_that_reads_it() -> None:
+    check_depth(b"{" * 500)
+
+
+def test_well_formed_messages_pass_the_check() -> None:
+    messages = [
+        {"role": "developer", "content": "Be brief.", "name": "ops"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL], "refusal": None},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21"},
+        {"role": "function", "name": "lookup", "content": "21"},
+        # As the SDKs echo an answer's message back: unset fields as null.
+        {"role": "assistant", "content": "ok", "tool_calls": None, "function_call": None, "audio": None, "name": None},
+        {"role": "system", "content": "x"},
+    ]
+
+    check(Endpoint.CHAT, chat(*messages))
+
+
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "words"),
+    [
+        ({"content": "x"}, "messages[1].role", "is required"),
+        ({"role": {}, "content": "x"}, "messages[1].role", "must be a string, not an object"),
+        ({"role": ["user"], "content": "x"}, "messages[1].role", "not an array"),
+        ({"role": 1, "content": "x"}, "messages[1].role", "not a number"),
+        ({"role": "robot", "content": "x"}, "messages[1].role", "one of system, developer, user, assistant, tool"),
+        ({"role": "x" * 5000, "content": "x"}, "messages[1].role", "xxx..."),
+        ({"role": "user", "content": 5}, "messages[1].content", "a string, an array of content parts or null"),
+        ({"role": "user", "content": {"text": "x"}}, "messages[1].content", "not an object"),
+        ({"role": "user", "content": ["hi"]}, "messages[1].content[0]", "must be an object, not a string"),
+        ({"role": "user", "content": "x", "name": {}}, "messages[1].name", "must be a string"),
+        ({"role": "tool", "content": "x", "tool_call_id": {}}, "messages[1].tool_call_id", "must be a string"),
+        ({"role": "tool", "content": "x", "tool_call_id": 7}, "messages[1].tool_call_id", "not a number"),
+        ({"role": "assistant", "tool_calls": {}}, "messages[1].tool_calls", "must be an array"),
+        ({"role": "assistant", "tool_calls": ["x"]}, "messages[1].tool_calls[0]", "must be an object"),
+        ({"role": "assistant", "tool_calls": [{"id": ["x"]}]}, "messages[1].tool_calls[0].id", "not an array"),
+        ({"role": "assistant", "tool_calls": [{**TOOL_CALL, "type": 1}]}, "messages[1].tool_calls[0].type", "string"),
+        (
+            {"role": "assistant", "tool_calls": [TOOL_CALL, {**TOOL_CALL, "function": "f"}]},
+            "messages[1].tool_calls[1].function",
+            "must be an object",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{**TOOL_CALL, "function": {"name": "f", "arguments": {}}}]},
+            "messages[1].tool_calls[0].function.arguments",
+            "must be a string, not an object",
+        ),
+        (
+            {"role": "assistant", "tool_calls": [{**TOOL_CALL, "function": {"name": 1}}]},
+            "messages[1].tool_calls[0].function.name",
+            "not a number",
+        ),
+    ],
+)
+def test_a_message_of_the_wrong_shape_is_a_bad_request_naming_the_field(
+    message: dict[str, Any], param: str, words: str
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        check(Endpoint.CHAT, chat(USER, message))
+
+    assert info.value.param == param
+    assert param in info.value.message
+    assert words in info.value.message
+    assert len(info.value.message) < 300
+
+
+def test_message_shapes_are_checked_on_chat_only() -> None:
+    check(Endpoint.RESPONSES, {"model": "bot", "input": [{"role": {}, "content": "x"}]})
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(0, "not 0"), (-1, "not -1"), (-(10**8), "not -100000000"), (1.5, "not a number"), (10.0, "not a number"),
+     (True, "not a boolean"), ("100", "not a string"), ([1], "not an array")],
+)  # fmt: skip
+@pytest.mark.parametrize("endpoint", [Endpoint.CHAT, Endpoint.COMPLETIONS, Endpoint.RESPONSES])
+def test_an_output_limit_below_one_or_not_an_integer_is_a_bad_request(
+    endpoint: Endpoint, field: str, value: Any, words: str
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        check(endpoint, chat(USER, **{field: value}))
+
+    assert info.value.param == field
+    assert "must be an integer of at least 1" in info.value.message
+    assert words in info.value.message
+
+
+@pytest.mark.parametrize("value", [1, 4096, None, 2**63])
+def test_an_output_limit_of_at_least_one_or_null_passes(value: Any) -> None:
+    check(Endpoint.CHAT, chat(USER, max_tokens=value, max_completion_tokens=value))
+
+
+def test_embeddings_have_no_output_limit_to_check() -> None:
+    check(Endpoint.EMBEDDINGS, {"model": "bot", "input": "hi", "max_tokens": -1})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import Bucket, Charge, Level, Quota, duration, headers, settle, take, tightest
+from gateway.ratelimit import MAX_TOKENS, Bucket, Charge, Level, Quota, duration, headers, settle, take, tightest
 
 REQUESTS = Bucket("k:req", "requests", per_minute=60, capacity=10, label="requests per minute of this key")
 TOKENS = Bucket("k:tok", "tokens", per_minute=600, capacity=1000, label="tokens per minute of this key")
@@ -19,6 +19,23 @@ def test_a_new_bucket_is_full_and_a_take_lowers_every_bucket() -> None:
     assert decision.allowed
     assert [level.tokens for level in levels] == [9, 900]
     assert [round(s.remaining) for s in decision.states] == [9, 900]
+
+
+@pytest.mark.parametrize(("tokens", "prompt", "expected"), [(-5, -3, (0, 0)), (2**80, 2**70, (MAX_TOKENS, MAX_TOKENS))])
+def test_a_charge_is_never_negative_nor_beyond_any_limit(tokens: int, prompt: int, expected: tuple[int, int]) -> None:
+    bounded = Charge((TOKENS,), (), 1, tokens, prompt)
+    assert (bounded.tokens, bounded.prompt_tokens) == expected
+
+
+def test_a_negative_charge_never_fills_a_bucket_past_its_capacity() -> None:
+    decision, levels, used = take(charge(-500, TOKENS, quotas=(QUOTA,)), [None], [200], now=0)
+    assert decision.allowed
+    assert levels[0].tokens == 1000
+    assert used == [200]
+    assert dict(headers(decision))[b"x-ratelimit-remaining-tokens"] == b"1000"  # the capacity, not 1,500
+
+
+QUOTA = Quota("q:day", 1000, resets_at=86_400, label="tokens per day")
 
 
 def test_burst_then_the_rate() -> None:

@@ -158,6 +158,43 @@ def test_the_stored_history_is_not_modified() -> None:
     assert history == HISTORY
 
 
+# Values a stored message may hold that no client could send any more (an upstream's reply, an older release's
+# history): bounding must never raise on them, or the turn being stored is lost.
+ODD_VALUES: list[Any] = [{}, [], ["x"], {"id": "call_1"}, 3, 2.5, True, None, "", [[{}]]]
+
+
+@pytest.mark.parametrize("odd", ODD_VALUES)
+def test_bounding_never_raises_on_odd_values_in_any_field(odd: Any) -> None:
+    poisoned = [
+        {"role": odd, "content": "x"},
+        {"role": "user", "content": odd, "name": odd},
+        {"role": "assistant", "content": None, "tool_calls": odd, "refusal": odd},
+        {"role": "assistant", "content": None, "tool_calls": [odd, {"id": odd, "function": odd}]},
+        {"role": "assistant", "tool_calls": [{"id": odd, "function": {"name": odd, "arguments": odd}}]},
+        {"role": "tool", "tool_call_id": odd, "content": "r"},
+        odd,
+    ]
+    history = [system(), *poisoned, *TURN_3]
+    for max_messages, max_tokens in ((None, None), (4, None), (None, 30), (100, 1000), (0, 0)):
+        kept = bound(history, max_messages=max_messages, max_tokens=max_tokens)  # type: ignore[arg-type]
+        assert kept[-len(TURN_3) :] == TURN_3 or (max_messages == 0 and kept == [system()])
+
+
+def test_only_string_tool_call_ids_answer_a_call() -> None:
+    odd_call = {"role": "assistant", "content": None, "tool_calls": [{"id": ["call_1"], "type": "function"}]}
+    odd_result = {"role": "tool", "tool_call_id": ["call_1"], "content": "r"}
+    odd_turn = [user("Weather?"), odd_call, odd_result, assistant("Sunny.")]
+    # The tool result names no call this turn made: the turn goes, as a result without its call would.
+    assert bound([*odd_turn, *TURN_3], max_messages=None, max_tokens=None) == TURN_3
+    assert bound([*TURN_1, *TURN_3], max_messages=None, max_tokens=None) == [*TURN_1, *TURN_3]
+
+
+def test_a_role_that_is_not_a_string_is_neither_pinned_nor_a_turn_start() -> None:
+    odd = {"role": {"name": "system"}, "content": "x"}
+    assert bound([odd, *TURN_3], max_messages=len(TURN_3), max_tokens=None) == TURN_3
+    assert bound([*TURN_3, odd], max_messages=None, max_tokens=None) == [*TURN_3, odd]
+
+
 def random_turn(rng: random.Random, serial: list[int]) -> list[Message]:
     text = "w" * rng.randrange(0, 80)
     content: Any = text if rng.random() < 0.7 else [{"type": "text", "text": text}]

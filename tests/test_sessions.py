@@ -281,6 +281,18 @@ def test_the_simple_chat_api_creates_a_session_and_continues_it(client: openai.O
         assert unknown.json()["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.parametrize("choices", ['["x"]', "[[]]", '[{"message": "x"}]', "{}", "[]", "null"])
+def test_the_simple_chat_api_answers_502_for_a_completion_with_no_message(gateway: Process, choices: str) -> None:
+    # The session here is one this call creates: its turn holds no reply either way.
+    answer = httpx.post(
+        gateway.url + "/v1/chat",
+        json={"agent_name": "test-chat", "message": "hi"},
+        headers=behave(status=200, body=f'{{"choices": {choices}}}'),
+    )
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "upstream_bad_response"
+
+
 def test_a_stream_is_simulated_for_an_upstream_that_cannot_stream(client: openai.OpenAI, upstream: Process) -> None:
     session_id = new_session(client, "test-nostream")
     headers = behave()
@@ -536,6 +548,43 @@ def test_twenty_concurrent_turns_on_one_redis_session_across_two_replicas_lose_n
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_message_of_the_wrong_shape_is_refused_before_it_reaches_a_redis_session(
+    connect: Connect, upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
+) -> None:
+    gateway = redis_gateway(upstream, tmp_path / "a", redis_for_sessions)
+    try:
+        client = connect(gateway, "unused")
+        session_id = new_session(client, model="test-bounded")  # max_history: 4, so every turn is bounded
+        headers = {"x-session-id": session_id}
+        client.chat.completions.create(model="test-bounded", messages=user("one"), extra_headers=headers)
+        odd_messages = [
+            ({"role": {}, "content": "x"}, "messages[0].role"),
+            ({"role": "tool", "content": "x", "tool_call_id": {}}, "messages[0].tool_call_id"),
+            ({"role": "assistant", "content": None, "tool_calls": [{"id": ["x"]}]}, "messages[0].tool_calls[0].id"),
+        ]
+        for message, param in odd_messages:
+            odd: Any = [message]
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="test-bounded", messages=odd, extra_headers=headers)
+            assert refused.value.param == param
+        # The session was not poisoned: later turns are answered and the history stays bounded.
+        for text in ("two", "three", "four"):
+            raw = client.chat.completions.with_raw_response.create(
+                model="test-bounded", messages=user(text), extra_headers=headers
+            )
+            assert raw.headers["x-session-storage"] == "redis"
+        kept = contents(stored(client, session_id))
+        assert kept == [
+            "three",
+            "upstream heard 5 messages; last: three",
+            "four",
+            "upstream heard 5 messages; last: four",
+        ]
+        assert "Traceback" not in gateway.log()
+    finally:
+        gateway.stop()
 
 
 def test_malformed_session_and_chat_bodies_get_openai_shaped_400s(gateway: Process) -> None:

@@ -26,6 +26,13 @@ def test_usage_from_chat_embeddings_and_responses_bodies() -> None:
     assert from_body([1, 2]) is None
 
 
+def test_usage_counts_that_no_counter_can_take_read_as_no_usage() -> None:
+    for odd in (-1, -(10**8), True, 2**64, 10**13, 1.5, "12"):
+        assert from_body({"usage": {"prompt_tokens": odd, "completion_tokens": 4}}) is None
+        assert from_body({"usage": {"prompt_tokens": 4, "completion_tokens": odd}}) is None
+    assert from_body({"usage": {"prompt_tokens": 0, "completion_tokens": 10**12}}) == Usage(0, 10**12)
+
+
 def test_the_gateway_asks_for_stream_usage_only_where_the_client_did_not() -> None:
     body: dict[str, object] = {"stream_options": {"other": 1}}
     assert ask_for_stream_usage(Endpoint.CHAT, body) is True

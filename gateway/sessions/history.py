@@ -1,4 +1,8 @@
-"""Bounding a conversation's stored history: the newest whole turns that fit, system messages always kept. Pure."""
+"""Bounding a conversation's stored history: the newest whole turns that fit, system messages always kept. Pure.
+
+Total over any JSON: a stored message may hold anything an upstream or an older release wrote (a `role` that is an
+object, tool call ids that are arrays), and bounding runs after a turn is answered, where raising loses the turn.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ _PINNED_ROLES = frozenset({"system", "developer"})
 
 def estimate_message_tokens(message: dict[str, Any]) -> int:
     """Estimated tokens of one chat message: its text, refusal and tool calls' names and arguments, plus overhead."""
+    if not isinstance(message, dict):
+        return estimate_tokens(text_chars(message)) + MESSAGE_OVERHEAD_TOKENS
     chars = text_chars(message.get("content"))
     refusal = message.get("refusal")
     if isinstance(refusal, str):
@@ -57,8 +63,14 @@ def bound(messages: list[dict[str, Any]], *, max_messages: int | None, max_token
     return [message for index, message in enumerate(messages) if index >= cut or _is_pinned(message)]
 
 
+def _role(message: dict[str, Any]) -> str | None:
+    """The message's role; None when it has none that is a string."""
+    role = message.get("role") if isinstance(message, dict) else None
+    return role if isinstance(role, str) else None
+
+
 def _is_pinned(message: dict[str, Any]) -> bool:
-    return message.get("role") in _PINNED_ROLES
+    return _role(message) in _PINNED_ROLES
 
 
 def _turns(messages: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
@@ -67,7 +79,7 @@ def _turns(messages: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any
     for index, message in enumerate(messages):
         if _is_pinned(message):
             continue
-        if message.get("role") == "user" or not turns:
+        if _role(message) == "user" or not turns:
             turns.append((index, []))
         turns[-1][1].append(message)
     return turns
@@ -75,11 +87,18 @@ def _turns(messages: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any
 
 def _answers_its_own_calls(turn: list[dict[str, Any]]) -> bool:
     """Whether every tool result in `turn` follows an assistant message of the turn that made its call."""
-    called: set[Any] = set()
+    called: set[str] = set()
     for message in turn:
-        role = message.get("role")
+        role = _role(message)
         if role == "assistant" and isinstance(message.get("tool_calls"), list):
-            called.update(call.get("id") for call in message["tool_calls"] if isinstance(call, dict))
-        elif role == "tool" and (message.get("tool_call_id") is None or message.get("tool_call_id") not in called):
-            return False
+            called.update(
+                call["id"]
+                for call in message["tool_calls"]
+                if isinstance(call, dict) and isinstance(call.get("id"), str)
+            )
+        elif role == "tool":
+            # Only string ids match: a call whose id is anything else cannot be answered.
+            answered = message.get("tool_call_id")
+            if not isinstance(answered, str) or answered not in called:
+                return False
     return True
