@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import sse
-from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamError
+from gateway.errors import GatewayError, StoreUnavailable, UpstreamBadResponse, UpstreamError
 from gateway.exchange import Exchange
 from gateway.metrics import Metrics
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
 from gateway.upstream import UpstreamResponse
 from gateway.usage import StreamMeter
+
+logger = logging.getLogger("gateway.sessions")
 
 STREAM_HEADERS = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -114,13 +117,17 @@ class StreamRelay(Response):
             async for chunk in self.upstream.iter_chunks():
                 events, pending = sse.split_events(pending + chunk if pending else chunk)
                 events = self.meter.feed(events) if events else events
-                if events and self.assembler is not None:
-                    await self._follow(events)
-                if events:
-                    if not self.started:
-                        await self._start(send)
-                    last = events
-                    await send({"type": "http.response.body", "body": events, "more_body": True})
+                if not events:
+                    continue
+                if self.assembler is not None:
+                    try:
+                        await self._follow(events)
+                    except GatewayError:
+                        # The reply could not be stored: the client gets all of it but `[DONE]`, then the error.
+                        await self._send(send, sse.before_done(events))
+                        raise
+                last = events
+                await self._send(send, events)
         except GatewayError as exc:  # the upstream's failure, or one of ours (a store that went away)
             await (self._fail(send, exc) if self.started else self._refuse(send, exc))
             return
@@ -135,6 +142,12 @@ class StreamRelay(Response):
         self.outcome = "completed"
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _send(self, send: Send, events: bytes) -> None:
+        if not self.started:
+            await self._start(send)
+        if events:
+            await send({"type": "http.response.body", "body": events, "more_body": True})
+
     async def _follow(self, events: bytes) -> None:
         assert self.assembler is not None
         assert self.turn is not None
@@ -147,8 +160,15 @@ class StreamRelay(Response):
         if self.turn is None or self.assembler is None or self.turn.stored or not self.turn.spec.store_partial:
             return
         reply = self.assembler.message()
-        if reply is not None:
+        if reply is None:
+            return
+        try:
             await self.turn.store_reply(reply)
+        except StoreUnavailable:
+            # The stream has already ended with its error; a partial reply is a courtesy, not a promise.
+            logger.warning(
+                "session %s: the partial reply was not stored: its store is unavailable", self.turn.session.id
+            )
 
     async def _start(self, send: Send) -> None:
         # Sent with the first event rather than with the upstream's headers: until an event has arrived, a failure

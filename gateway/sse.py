@@ -36,6 +36,13 @@ def ends_with_done(events: bytes) -> bool:
     return last_line.startswith(_DONE_LINES)
 
 
+def before_done(events: bytes) -> bytes:
+    """`events` without the `data: [DONE]` event it ends with: what may still go out when the stream must fail."""
+    if not ends_with_done(events):
+        return events
+    return b"".join(iter_events(events)[:-1])
+
+
 def error_event(payload: dict[str, Any]) -> bytes:
     """An OpenAI-shaped error as one SSE event; the OpenAI SDK raises `APIError` when it reads it."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"

@@ -524,6 +524,41 @@ def test_a_turn_whose_reply_cannot_be_stored_is_refused_and_not_half_stored(
     assert gateway.log().count("is unreachable") == 1
 
 
+def test_a_streamed_turn_whose_reply_cannot_be_stored_ends_with_an_error_in_place_of_done(
+    connect: Connect, upstream: Process, tmp_path: Path
+) -> None:
+    redis_for_sessions = start_redis(tmp_path, durable=True)
+    gateway = redis_gateway(upstream, tmp_path / "a", redis_for_sessions)
+    try:
+        client = connect(gateway, "unused").with_options(max_retries=0)
+        session_id = new_session(client)
+        headers = {**behave(chunks=3, hold_after=1), "x-session-id": session_id}
+        stream = client.chat.completions.create(
+            model="test-chat", messages=user("lost"), stream=True, extra_headers=headers
+        )
+        pieces: list[str] = []
+
+        def read_all() -> None:
+            for chunk in stream:
+                pieces.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+                if len(pieces) == 1:
+                    redis_for_sessions.stop()  # while the upstream holds the rest: the reply has nowhere to go
+                    httpx.post(f"{upstream.url}/_release/{headers['x-request-id']}").raise_for_status()
+
+        with pytest.raises(openai.APIError) as failed:
+            read_all()
+        # Every piece of the reply reached the client; only `[DONE]` gave way to the error, so the SDK raised.
+        assert "".join(pieces) == "part0 part1 part2 "
+        assert failed.value.code == "store_unavailable"
+        redis_for_sessions.start()
+        time.sleep(1.1)
+        assert stored(client, session_id) == []
+    finally:
+        gateway.stop()
+        redis_for_sessions.stop()
+    assert "Traceback" not in gateway.log()
+
+
 def test_twenty_concurrent_turns_on_one_redis_session_across_two_replicas_lose_nothing(
     connect: Connect, upstream: Process, redis_for_sessions: RedisServer, tmp_path: Path
 ) -> None:

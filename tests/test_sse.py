@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamBadResponse
-from gateway.sse import ends_with_done, error_event, split_events
+from gateway.sse import before_done, ends_with_done, error_event, split_events
 
 
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"], ids=["lf", "crlf", "cr"])
@@ -109,3 +109,10 @@ def test_done_with_trailing_space_counts_as_done_as_the_sdk_reads_it() -> None:
 def test_mixed_line_endings_end_an_event() -> None:
     assert split_events(b"data: a\n\r\ndata: b") == (b"data: a\n\r\n", b"data: b")
     assert split_events(b"data: a\r\n\ndata: b") == (b"data: a\r\n\n", b"data: b")
+
+
+def test_before_done_drops_only_a_final_done_event() -> None:
+    events = b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\ndata: [DONE]\n\n'
+    assert before_done(events) == b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n'
+    assert before_done(b"data: [DONE]\n\n") == b""
+    assert before_done(b'data: {"a": 1}\n\n') == b'data: {"a": 1}\n\n'
