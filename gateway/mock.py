@@ -199,6 +199,9 @@ class _CompletionAnswer(_Answer):
 
     def __init__(self, payload: dict[str, Any]) -> None:
         prompt = payload.get("prompt", "")
+        if not isinstance(prompt, str | list):
+            raise BadRequest("`prompt` must be a string or an array.", param="prompt")
+        # Text prompts only; token-id prompts count as empty (the mock cannot read them).
         prompts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
         last = prompts[-1] if prompts else ""
         text = f' and this is the mock provider completing "{last}".'

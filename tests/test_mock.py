@@ -360,3 +360,12 @@ async def test_close_stops_a_stream_early_without_waiting_out_the_delay() -> Non
 
     assert first.startswith(b"data: ")
     assert rest == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prompt", [1.5, None, True, {"text": "hi"}])
+async def test_a_completions_prompt_that_is_neither_text_nor_a_list_is_a_bad_request(prompt: Any) -> None:
+    with pytest.raises(BadRequest) as info:
+        await send("/completions", {"model": "demo", "prompt": prompt})
+
+    assert info.value.param == "prompt"
