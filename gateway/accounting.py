@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from datetime import UTC, date, datetime
 
 from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
@@ -53,14 +54,17 @@ def combine(events: list[UsageEvent]) -> list[UsageEvent]:
 class Accountant:
     """Collects usage events as requests finish and writes them every `interval` seconds in one batch.
 
-    Recording is a list append: the response never waits for the store. A batch that fails (Redis away) is kept
-    and retried; stopping writes whatever is left, so a graceful shutdown loses nothing.
+    Recording is a list append: the response never waits for the store. A batch that fails (Redis away) is sent
+    again, as it was and under the same id, before anything newer: a failed write may have been applied all the
+    same (a timeout on a Redis that then went on), and the id lets the store apply it once. Stopping writes
+    whatever is left, so a graceful shutdown loses nothing.
     """
 
     def __init__(self, store: Store, interval: float = 0.5) -> None:
         self._store = store
         self._interval = interval
         self._pending: list[UsageEvent] = []
+        self._unsent: tuple[str, list[UsageEvent]] | None = None  # a batch that failed: its id and events
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -86,21 +90,33 @@ class Accountant:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self._pending:
+        """Write the batch that failed last time, if any, then what was recorded since."""
+        if self._unsent is not None and not await self._send():
             return
-        batch, self._pending = combine(self._pending), []
+        if self._pending:
+            self._unsent = (secrets.token_hex(12), combine(self._pending))
+            self._pending = []
+            await self._send()
+
+    async def _send(self) -> bool:
+        """Send the unsent batch; whether it was written."""
+        assert self._unsent is not None
+        batch_id, batch = self._unsent
         try:
-            await self._store.record_usage(batch)
+            await self._store.record_usage(batch, batch_id=batch_id)
         except self._store.errors as exc:
-            self._pending = batch + self._pending
-            if len(self._pending) > MAX_PENDING:
-                dropped = len(self._pending) - MAX_PENDING
+            # Kept compact while the store is away: one event per key, agent and day.
+            self._pending = combine(self._pending)
+            dropped = min(len(self._pending), len(self._pending) + len(batch) - MAX_PENDING)
+            if dropped > 0:
                 del self._pending[:dropped]
                 logger.error("usage store unreachable: dropped the %d oldest usage events", dropped)
             if not self._failing:
-                logger.warning("usage store unreachable, keeping %d events to retry: %s", len(self._pending), exc)
+                logger.warning("usage store unreachable, keeping %d events to retry: %s", len(batch), exc)
             self._failing = True
-        else:
-            if self._failing:
-                logger.info("usage store reachable again")
-            self._failing = False
+            return False
+        self._unsent = None
+        if self._failing:
+            logger.info("usage store reachable again")
+        self._failing = False
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -73,3 +74,50 @@ async def test_stop_writes_what_is_pending(tmp_path: Path) -> None:
     await store.close()
     assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(3, 6, 3)]
     assert all(isinstance(r, UsageRow) for r in rows)
+
+
+class FlakyStore(MemoryStore):
+    """A store whose usage writes fail while `failing`, after being applied or not, as a Redis that timed out."""
+
+    errors = (OSError,)
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.failing = False
+        self.applied_anyway = False
+        self.batches: list[str | None] = []
+        self._applied: set[str | None] = set()
+
+    async def record_usage(self, events: Sequence[UsageEvent], *, batch_id: str | None = None) -> None:
+        self.batches.append(batch_id)
+        if self.failing and not self.applied_anyway:
+            raise OSError("store away")
+        if batch_id not in self._applied:  # applied once, as the Redis store does by the batch's marker
+            self._applied.add(batch_id)
+            await super().record_usage(events, batch_id=batch_id)
+        if self.failing:
+            raise OSError("timed out after it was applied")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("applied_anyway", [False, True], ids=["not-applied", "applied-anyway"])
+async def test_a_failed_batch_is_sent_again_under_its_id_before_anything_newer(
+    tmp_path: Path, applied_anyway: bool
+) -> None:
+    store = FlakyStore(tmp_path / "state")
+    store.applied_anyway = applied_anyway
+    await store.open()
+    accountant = Accountant(store, interval=3600)
+    accountant.record(finished(prompt_tokens=2))
+    store.failing = True
+    await accountant.flush()
+    await accountant.flush()
+    accountant.record(finished(prompt_tokens=5))
+    store.failing = False
+    await accountant.flush()
+    rows = await store.usage("key_a", [datetime.now(UTC).date().isoformat()])
+    await store.close()
+    # The first batch three times under one id, then the newer events in a batch of their own.
+    assert store.batches[0] == store.batches[1] == store.batches[2] != store.batches[3]
+    assert len(store.batches) == 4
+    assert [(r.requests, r.prompt_tokens) for r in rows] == [(2, 7)]

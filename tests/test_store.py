@@ -309,3 +309,37 @@ async def test_redis_ping_follows_an_outage(tmp_path: Path) -> None:
     finally:
         await store.close()
         server.stop()
+
+
+@pytest.mark.redis
+async def test_a_usage_batch_that_timed_out_on_a_frozen_redis_and_was_applied_after_counts_once(
+    tmp_path: Path,
+) -> None:
+    # A frozen Redis reads the batch from its socket when it resumes and applies it, although the gateway has
+    # given up on the reply by then; the accountant sends the batch again.
+    server = start_redis(tmp_path)
+    store = RedisStore(f"{server.url}?socket_timeout=0.2", prefix="frozen:")
+    await store.open()
+    try:
+        batch = [event("key_a", prompt_tokens=3, completion_tokens=2)]
+        await store.record_usage([event("key_b", prompt_tokens=1)])  # the script is loaded, as in a running gateway
+        server.freeze()
+        try:
+            with pytest.raises(store.errors):
+                await store.record_usage(batch, batch_id="batch-1")
+        finally:
+            server.thaw()
+        for _ in range(250):  # until Redis has worked through what it read on waking up
+            if await store.usage("key_a", [DAY_PERIOD]):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the frozen Redis did not apply the batch when it resumed: this test shows nothing")
+        await store.record_usage(batch, batch_id="batch-1")
+
+        rows = by_key(await store.usage("key_a", [DAY_PERIOD, MONTH_PERIOD]))
+        assert rows["key_a", DAY_PERIOD, "chat"].prompt_tokens == 3
+        assert rows["key_a", MONTH_PERIOD, "chat"].requests == 1
+    finally:
+        await store.close()
+        server.stop()

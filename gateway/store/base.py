@@ -103,8 +103,10 @@ class Store(Protocol):
 
     async def count_keys(self) -> int: ...
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
-        """Add the events to the day and month counters; each call is applied whole or not at all."""
+    async def record_usage(self, events: Sequence[UsageEvent], *, batch_id: str | None = None) -> None:
+        """Add the events to the day and month counters; each call is applied whole or not at all. A call that
+        failed may be repeated with the same `batch_id`: a batch is applied once, even if the failed call was
+        applied after all (a reply lost, a store that timed out and then went on)."""
 
     async def usage(self, key_id: str | None, periods: Sequence[str]) -> list[UsageRow]:
         """Counter rows for one key (or every key, `None`) over the given periods; all-zero rows left out."""

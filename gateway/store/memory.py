@@ -149,16 +149,19 @@ class MemoryStore:
     async def count_keys(self) -> int:
         return len(self._keys)
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
-        rows: list[tuple[object, ...]] = []
-        for event in events:
-            counts = [getattr(event, name) for name in COUNTERS]
-            for period in periods(event.day):
-                totals = self._usage.setdefault((event.key_id, period, event.agent), [0] * len(COUNTERS))
-                for index, value in enumerate(counts):
-                    totals[index] += value
-                rows.append((event.key_id, period, event.agent, *counts))
-        await self._on_disk(lambda: self._upsert(rows))
+    async def record_usage(self, events: Sequence[UsageEvent], *, batch_id: str | None = None) -> None:
+        # batch_id is not needed here: a failed SQLite transaction was not applied, so repeating it is safe.
+        counted = [
+            ((event.key_id, period, event.agent), [getattr(event, name) for name in COUNTERS])
+            for event in events
+            for period in periods(event.day)
+        ]
+        await self._on_disk(lambda: self._upsert([(*where, *counts) for where, counts in counted]))
+        # Counted here only once the disk has it: a batch that failed is sent again and must not count twice.
+        for where, counts in counted:
+            totals = self._usage.setdefault(where, [0] * len(COUNTERS))
+            for index, value in enumerate(counts):
+                totals[index] += value
 
     def _upsert(self, rows: list[tuple[object, ...]]) -> None:
         assert self._db is not None, "the store is not open"

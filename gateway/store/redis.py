@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -39,6 +40,30 @@ local id = redis.call('GET', KEYS[1])
 if not id then return false end
 return redis.call('GET', ARGV[1] .. id)
 """
+# KEYS[1]: the batch's marker. ARGV[1]: the marker's lifetime (s), then operations: `h <hash> <ttl> <n> <field>
+# <value>...` adds n counters to a hash and sets its TTL; `s <set> <member> <ttl>` adds a member (TTL 0: none).
+# Returns 0, changing nothing, when the marker is there: the batch was applied, its reply lost, and this is it sent
+# again. The keys are named in ARGV, which a single Redis or Sentinel allows (Cluster would not).
+_RECORD_USAGE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local i = 2
+while i <= #ARGV do
+    if ARGV[i] == 'h' then
+        local n = tonumber(ARGV[i + 3])
+        for j = 0, n - 1 do redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 4 + 2 * j], ARGV[i + 5 + 2 * j]) end
+        redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 2])
+        i = i + 4 + 2 * n
+    else
+        redis.call('SADD', ARGV[i + 1], ARGV[i + 2])
+        if ARGV[i + 3] ~= '0' then redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 3]) end
+        i = i + 4
+    end
+end
+return 1
+"""
+# A batch's marker outlives any resend of it: the accountant sends a failed batch again within seconds of Redis
+# answering.
+_BATCH_MARKER_TTL = int(timedelta(days=1).total_seconds())
 # KEYS: the key's period set, the set of keys with usage. ARGV: the usage hash key without the period, the id.
 # A script, so a record_usage landing between reading the periods and deleting them cannot leave an orphan hash.
 _RESET_USAGE = """
@@ -58,9 +83,8 @@ class RedisStore(RedisBacked):
     errors: tuple[type[Exception], ...] = (RedisError,)
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
-        # Admin calls and the batched usage writes (off the request path) wait patiently: a usage batch that timed
-        # out may have been applied all the same, and would be counted twice when it is sent again.
-        super().__init__(url, (_CREATE_KEY, _RESET_USAGE), connect_timeout=2.0, timeout=5.0)
+        # Admin calls and the batched usage writes (off the request path) wait patiently.
+        super().__init__(url, (_CREATE_KEY, _RECORD_USAGE, _RESET_USAGE), connect_timeout=2.0, timeout=5.0)
         # The key lookup is on every request's path, so it gets the short timeouts of the limiter and sessions:
         # a frozen Redis must cost a request half a second at most, not five.
         self._lookups = RedisConnection(url, (_FIND_KEY,), connect_timeout=0.25, timeout=0.5)
@@ -124,25 +148,27 @@ class RedisStore(RedisBacked):
     async def count_keys(self) -> int:
         return int(await self._redis().zcard(f"{self._prefix}keys"))
 
-    async def record_usage(self, events: Sequence[UsageEvent]) -> None:
+    async def record_usage(self, events: Sequence[UsageEvent], *, batch_id: str | None = None) -> None:
         if not events:
             return
-        # HINCRBY in Redis, never read-modify-write here: replicas add to the same counters concurrently. One
-        # MULTI per call makes the batch one round trip and all-or-nothing.
-        async with self._redis().pipeline(transaction=True) as pipe:
-            for event in events:
-                day, month = periods(event.day)
-                for period, ttl in ((day, _DAY_TTL), (month, _MONTH_TTL)):
-                    key = self._usage(event.key_id, period)
-                    for counter, value in event.counts().items():
-                        if value:
-                            pipe.hincrby(key, f"{event.agent}{_FIELD_SEPARATOR}{counter}", value)
-                    pipe.expire(key, ttl)
-                    pipe.sadd(f"{self._prefix}usage-periods:{event.key_id}", period)
+        # One script: all or nothing, one round trip, and HINCRBY in Redis, never read-modify-write here, since
+        # replicas add to the same counters concurrently. Its marker makes a batch sent again count once.
+        args: list[str | int] = [_BATCH_MARKER_TTL]
+        for event in events:
+            day, month = periods(event.day)
+            fields = [
+                item
+                for counter, value in event.counts().items()
+                if value
+                for item in (f"{event.agent}{_FIELD_SEPARATOR}{counter}", value)
+            ]
+            for period, ttl in ((day, _DAY_TTL), (month, _MONTH_TTL)):
+                args += ["h", self._usage(event.key_id, period), ttl, len(fields) // 2, *fields]
                 # The period set must outlive the hashes it lists, or reset_usage would miss some.
-                pipe.expire(f"{self._prefix}usage-periods:{event.key_id}", _MONTH_TTL)
-                pipe.sadd(f"{self._prefix}usage-keys", event.key_id)
-            await pipe.execute()
+                args += ["s", f"{self._prefix}usage-periods:{event.key_id}", period, _MONTH_TTL]
+            args += ["s", f"{self._prefix}usage-keys", event.key_id, 0]
+        marker = f"{self._prefix}usage-batch:{batch_id or secrets.token_hex(12)}"
+        await self._script(_RECORD_USAGE)(keys=[marker], args=args)
 
     async def usage(self, key_id: str | None, periods: Sequence[str]) -> list[UsageRow]:
         client = self._redis()
