@@ -228,10 +228,7 @@ def _check_message(index: int, message: Any) -> None:
             if not isinstance(part, dict):
                 raise _wrong(f"messages[{index}].content[{number}]", "an object", part)
     # null stands for absent, as OpenAI reads it: SDKs echo an answer's message back with `"tool_calls": null`.
-    for name in ("name", "tool_call_id"):
-        value = message.get(name)
-        if value is not None and not isinstance(value, str):
-            raise _wrong(f"messages[{index}].{name}", "a string", value)
+    _check_strings(message, ("name", "tool_call_id"), f"messages[{index}]")
     calls = message.get("tool_calls")
     if calls is None:
         return
@@ -241,19 +238,21 @@ def _check_message(index: int, message: Any) -> None:
         where = f"messages[{index}].tool_calls[{number}]"
         if not isinstance(call, dict):
             raise _wrong(where, "an object", call)
-        for name in ("id", "type"):
-            value = call.get(name)
-            if value is not None and not isinstance(value, str):
-                raise _wrong(f"{where}.{name}", "a string", value)
+        _check_strings(call, ("id", "type"), where)
         function = call.get("function")
         if function is None:
             continue
         if not isinstance(function, dict):
             raise _wrong(f"{where}.function", "an object", function)
-        for name in ("name", "arguments"):
-            value = function.get(name)
-            if value is not None and not isinstance(value, str):
-                raise _wrong(f"{where}.function.{name}", "a string", value)
+        _check_strings(function, ("name", "arguments"), f"{where}.function")
+
+
+def _check_strings(fields: dict[str, Any], names: tuple[str, ...], where: str) -> None:
+    """Each of `names` in `fields` is a string or absent (null counts as absent)."""
+    for name in names:
+        value = fields.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _wrong(f"{where}.{name}", "a string", value)
 
 
 def _wrong(where: str, expected: str, value: Any) -> BadRequest:
