@@ -20,6 +20,7 @@ MAX_CONCURRENT = 1_000_000
 MAX_OFFSET = 1_000_000_000
 # Integers a store keeps exactly: orjson writes at most 64 bits, SQLite and Redis hold signed 64-bit integers.
 _INT64 = 2**63
+METADATA_RULES = "Free-form: user, team, purpose. Integers within signed 64 bits; no NaN or infinity."
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +97,12 @@ class QuotasBody(Body):
 class KeyCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     models: list[str] = Field(default_factory=list, description="Allowed agent names or glob patterns; empty: all.")
-    expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone, e.g. ...Z.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a time zone, e.g. ...Z; in the future."
+    )
     limits: LimitsBody = Field(default_factory=LimitsBody)
     quotas: QuotasBody = Field(default_factory=QuotasBody)
-    metadata: Metadata = Field(default_factory=dict, description="Free-form: user, team, purpose.")
+    metadata: Metadata = Field(default_factory=dict, description=METADATA_RULES)
 
 
 def _string_only(schema: dict[str, Any]) -> None:
@@ -115,10 +118,10 @@ class KeyUpdate(Body):
     # Absent: unchanged. null is refused by the handler (a key always has a name): the schema shows a string only.
     name: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_string_only)
     models: list[str] | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = Field(default=None, description="ISO 8601 with a time zone; in the future.")
     limits: LimitsBody | None = None
     quotas: QuotasBody | None = None
-    metadata: Metadata | None = None
+    metadata: Metadata | None = Field(default=None, description=METADATA_RULES)
 
 
 class Rotate(Body):

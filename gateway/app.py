@@ -286,7 +286,8 @@ class Endpoints:
             problems.append(f"the {self.runtime.store.name} store is not reachable")
         status = "ready" if not problems else "not_ready"
         body: dict[str, Any] = {"status": status, "agents": len(self.runtime.routes.agents), "problems": problems}
-        # Sessions whose Redis is away are served from memory meanwhile: worth showing, not a reason to be unready.
+        # Session stores that are `unavailable` refuse only the requests naming a session: shown, not a reason to be
+        # unready (the rest of the traffic is served).
         sessions = self.runtime.sessions.status()
         if sessions:
             body["sessions"] = sessions

@@ -116,7 +116,8 @@ def model_of(body: dict[str, Any]) -> str:
     if model is None:
         raise BadRequest("You must provide a model parameter.", param="model")
     if not isinstance(model, str) or not model:
-        raise BadRequest(f"`model` must be a non-empty string, not {_json_type(model)}.", param="model")
+        kind = "an empty string" if model == "" else _json_type(model)
+        raise BadRequest(f"`model` must be a non-empty string, not {kind}.", param="model")
     return model
 
 

@@ -69,7 +69,7 @@ def test_a_missing_model_is_a_bad_request_about_model() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "kind"), [(3, "a number"), ("", "a string"), (["bot"], "an array"), (True, "a boolean")]
+    ("model", "kind"), [(3, "a number"), ("", "not an empty string"), (["bot"], "an array"), (True, "a boolean")]
 )
 def test_a_model_that_is_not_a_non_empty_string_is_a_bad_request(model: Any, kind: str) -> None:
     with pytest.raises(BadRequest) as info:

@@ -101,7 +101,7 @@ class Sessions:
         return where if where == "memory" else _describe(where)
 
     def status(self) -> dict[str, str]:
-        """Each store opened so far and what serves it now: `redis`, or `memory` while Redis is away."""
+        """Each store opened so far and its state: `memory`, `redis`, or `unavailable` while Redis is away."""
         return {
             (where if where == "memory" else _describe(where)): serving(store) for where, store in self._stores.items()
         }
