@@ -50,7 +50,7 @@ from run import command_output, cpu_model, say, wait_for_quiet
 CHAT = "/v1/chat/completions"
 RESULTS = procs.BENCH_DIR / "results"
 DONE = b"data: [DONE]"
-# Where the gateway's Redis limiter keeps a key's buckets (gateway/limiter_redis.py and gateway/policy.py); only
+# Where the gateway's Redis limiter keeps a key's buckets (gateway/limits/redis.py and gateway/limits/policy.py); only
 # read, for the bookkeeping check, which says "n/a" if the names change.
 BUCKET_KEY = "gw:rl:key:{key_id}:{kind}"
 # Settings that would change what the gateways do if inherited from the caller's environment.
@@ -611,8 +611,8 @@ async def timed_requests(
 async def redis_round_trip(url: str, count: int) -> dict[str, list[float]]:
     """PINGs from Python through redis.asyncio, the gateway's own client, on uvloop as the gateway runs; and the
     gateway's Redis limiter taking a charge like the limited key's, the one round trip the check should cost."""
-    from gateway.limiter_redis import RedisLimiter
-    from gateway.ratelimit import Bucket, Charge
+    from gateway.limits.buckets import Bucket, Charge
+    from gateway.limits.redis import RedisLimiter
 
     huge = 1e9
     buckets = (

@@ -20,10 +20,13 @@ from starlette.routing import BaseRoute, Match, Route
 
 from gateway import __version__
 from gateway.accounting import Accountant
-from gateway.admin import AdminAPI
-from gateway.auth import Authenticator, AuthMode, is_loopback, resolve_mode
-from gateway.chat_api import ChatAPI
-from gateway.dispatcher import Dispatcher
+from gateway.api.admin import AdminAPI
+from gateway.api.chat import ChatAPI
+from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.sessions import SessionsAPI
+from gateway.auth.authenticator import Authenticator, AuthMode, is_loopback, resolve_mode
+from gateway.config.reload import Reloader
+from gateway.config.routing import ConfigError, RoutingTable, load_routes
 from gateway.errors import (
     GatewayError,
     InvalidConfig,
@@ -33,23 +36,20 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.exchange import Exchange, exchange_of
-from gateway.guard import Guard
-from gateway.limiter import Limiter, MemoryLimiter
-from gateway.metrics import Metrics
-from gateway.middleware import RequestContextMiddleware
-from gateway.mock import MockUpstream
-from gateway.observability import AccessLog
-from gateway.payload import Endpoint
-from gateway.policy import Defaults
-from gateway.proxy import Proxy
-from gateway.reload import Reloader
-from gateway.routing import ConfigError, RoutingTable, load_routes
+from gateway.limits.admission import Guard
+from gateway.limits.limiter import Limiter, MemoryLimiter
+from gateway.limits.policy import Defaults
+from gateway.observability.logs import AccessLog
+from gateway.observability.metrics import Metrics
+from gateway.protocols.mock import MockUpstream
+from gateway.protocols.openai.payload import Endpoint
+from gateway.proxy.dispatcher import Dispatcher
+from gateway.proxy.pipeline import Proxy
 from gateway.sessions.service import Sessions
-from gateway.sessions_api import SessionsAPI
 from gateway.settings import Settings
 from gateway.store.base import Store
-from gateway.store.memory import MemoryStore
-from gateway.upstream import HTTPUpstream, Upstream
+from gateway.store.sqlite import SQLiteStore
+from gateway.upstream.http import HTTPUpstream, Upstream
 
 logger = logging.getLogger("gateway")
 
@@ -67,12 +67,12 @@ def make_store(settings: Settings) -> Store:
         from gateway.store.redis import RedisStore  # noqa: PLC0415
 
         return RedisStore(settings.redis_url)
-    return MemoryStore(settings.state_dir)
+    return SQLiteStore(settings.state_dir)
 
 
 def make_limiter(settings: Settings) -> Limiter:
     if (settings.rate_limit_storage or settings.store) == "redis":
-        from gateway.limiter_redis import RedisLimiter  # noqa: PLC0415 (see make_store)
+        from gateway.limits.redis import RedisLimiter  # noqa: PLC0415 (see make_store)
 
         return RedisLimiter(settings.redis_url, settings.rate_limit_failure)
     return MemoryLimiter()

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 CLIENT_CLOSED_REQUEST = 499
 
 if TYPE_CHECKING:
-    from gateway.concurrency import Lease
-    from gateway.ratelimit import Charge, Decision
+    from gateway.limits.buckets import Charge, Decision
+    from gateway.limits.concurrency import Lease
 
 
 @dataclass(slots=True)

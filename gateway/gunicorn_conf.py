@@ -5,12 +5,12 @@ GATEWAY_DRAIN_TIMEOUT, ...), with the same worker class, timeouts and hooks; a g
 after `-c` wins over them. Being gunicorn's config file, this module does its work when imported.
 """
 
+from gateway.server.workers import check_shared_state, server_options
 from gateway.settings import Settings
-from gateway.workers import check_shared_state, server_options
 
 _settings = Settings()
 if _settings.workers > 1:
     check_shared_state(_settings)  # raises: several workers must share their state through Redis
 
 globals().update(server_options(_settings))
-wsgi_app = "gateway.workers:create_worker_app()"
+wsgi_app = "gateway.server.workers:create_worker_app()"

@@ -11,7 +11,7 @@ import pytest
 from gateway.accounting import Accountant, combine, usage_event
 from gateway.exchange import Exchange
 from gateway.store.base import ANONYMOUS, UsageEvent, UsageRow
-from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SQLiteStore
 
 DAY = date(2026, 11, 22)
 
@@ -63,7 +63,7 @@ def test_combine_sums_per_key_agent_and_day() -> None:
 
 @pytest.mark.anyio
 async def test_stop_writes_what_is_pending(tmp_path: Path) -> None:
-    store = MemoryStore(tmp_path / "state")
+    store = SQLiteStore(tmp_path / "state")
     await store.open()
     accountant = Accountant(store, interval=3600)
     await accountant.start()
@@ -76,7 +76,7 @@ async def test_stop_writes_what_is_pending(tmp_path: Path) -> None:
     assert all(isinstance(r, UsageRow) for r in rows)
 
 
-class FlakyStore(MemoryStore):
+class FlakyStore(SQLiteStore):
     """A store whose usage writes fail while `failing`, after being applied or not, as a Redis that timed out."""
 
     errors = (OSError,)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from gateway.admin_client import AdminClient, AdminError, GatewayUnreachable
+from gateway.cli.admin_client import AdminClient, AdminError, GatewayUnreachable
 
 BASE = "http://gateway.test:8080"
 ADMIN_KEY = "admin-secret-for-tests"

@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.middleware import RequestContextMiddleware
 from gateway.app import create_app
 from gateway.exchange import Exchange
-from gateway.middleware import RequestContextMiddleware
-from gateway.payload import MAX_DEPTH
+from gateway.protocols.openai.payload import MAX_DEPTH
 from gateway.settings import Settings
-from gateway.upstream import UpstreamRequest, UpstreamResponse
+from gateway.upstream.http import UpstreamRequest, UpstreamResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.auth import AuthRefused, authorize, presented_secret, resolve_mode
+from gateway.auth.authenticator import AuthRefused, authorize, presented_secret, resolve_mode
+from gateway.auth.keys import KeyRecord, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.errors import PermissionDenied
-from gateway.keys import KeyRecord, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 
 
 def record(secret: str, **changes: object) -> KeyRecord:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.agents import Agent, AgentSpec, CircuitBreakerSpec, compile_agent
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker
-from gateway.dispatcher import MAX_BACKOFF_FACTOR, _backoff, _retry_after
+from gateway.config.agents import Agent, AgentSpec, CircuitBreakerSpec, compile_agent
+from gateway.proxy.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, CircuitBreaker
+from gateway.proxy.dispatcher import MAX_BACKOFF_FACTOR, _backoff, _retry_after
 
 
 def agent(*weights: float, **breaker: Any) -> Agent:

@@ -16,7 +16,7 @@ import pytest
 import respx
 
 from gateway import __version__
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.support.processes import Process, free_port, start_gateway
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 
 VENV_BIN = Path(sys.executable).parent
 SHELLS = ("bash", "zsh", "fish", "powershell")

@@ -153,8 +153,8 @@ def test_the_image_is_small_non_root_and_its_settings_exist() -> None:
     [
         ("pyproject.toml", True),
         ("README.md", True),  # pyproject's readme: the wheel does not build without it
-        ("gateway/cli.py", True),
-        ("gateway/ratelimit_take.lua", True),
+        ("gateway/cli/main.py", True),
+        ("gateway/limits/take.lua", True),
         ("config/demo.yaml", True),
         ("gateway/__pycache__/cli.cpython-312.pyc", False),
         (".env", False),

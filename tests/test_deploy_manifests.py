@@ -27,7 +27,7 @@ from pydantic import AliasChoices
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from gateway.routing import load_routes
+from gateway.config.routing import load_routes
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.routing import load_routes
+from gateway.config.routing import load_routes
 from tests.support.processes import Process, free_port
 from tests.test_deploy_manifests import CHART, ENVIRONMENTS, KUBERNETES_VERSION, env_of, load
 from tests.test_reload import wait_for

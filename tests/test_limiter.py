@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from gateway.errors import StoreUnavailable
-from gateway.limiter import Limiter, MemoryLimiter
-from gateway.limiter_redis import RedisLimiter
-from gateway.ratelimit import Bucket, Charge, Quota
+from gateway.limits.buckets import Bucket, Charge, Quota
+from gateway.limits.limiter import Limiter, MemoryLimiter
+from gateway.limits.redis import RedisLimiter
 from tests.support.redis import RedisServer, start_redis
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +112,7 @@ async def test_settlements_beyond_any_limit_are_bounded(limiter: Limiter) -> Non
 
 
 def test_the_take_script_never_charges_a_negative_amount(redis_url: str) -> None:
-    script = files("gateway").joinpath("ratelimit_take.lua").read_text(encoding="utf-8")
+    script = files("gateway.limits").joinpath("take.lua").read_text(encoding="utf-8")
     with redis.Redis.from_url(redis_url) as client:
         take = client.register_script(script)
         # One token bucket and one quota; -1000 tokens and a -1000-token prompt.
@@ -201,9 +201,9 @@ async def test_redis_away_fails_closed_with_503(tmp_path: Path) -> None:
 async def test_quotas_roll_over_with_the_calendar() -> None:
     from datetime import UTC, datetime
 
-    from gateway.agents import AgentSpec, compile_agent
-    from gateway.keys import KeyRecord, Quotas, utcnow
-    from gateway.policy import Defaults, charge_for
+    from gateway.auth.keys import KeyRecord, Quotas, utcnow
+    from gateway.config.agents import AgentSpec, compile_agent
+    from gateway.limits.policy import Defaults, charge_for
 
     agent = compile_agent(AgentSpec.model_validate({"name": "a", "llm": {"provider": "mock"}}), {})
     key = KeyRecord("key_q", "k", "p", "h", utcnow(), quotas=Quotas(tokens_per_day=100))

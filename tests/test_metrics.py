@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
 from tests.support.processes import Process, free_port, start_gateway
 from tests.test_proxy import behave

@@ -11,10 +11,10 @@ import anyio
 import orjson
 import pytest
 
-from gateway.agents import Agent, AgentSpec, compile_agent
+from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest
-from gateway.mock import MockResponse, MockUpstream
-from gateway.upstream import UpstreamRequest
+from gateway.protocols.mock import MockResponse, MockUpstream
+from gateway.upstream.http import UpstreamRequest
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.exchange import Exchange
-from gateway.observability import AccessLog
+from gateway.observability.logs import AccessLog
 
 
 def finished() -> Exchange:

@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.agents import Agent, AgentSpec, compile_agent
+from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest, ValidationFailed
-from gateway.payload import (
+from gateway.protocols.openai.payload import (
     MAX_DEPTH,
     ORJSON_WRITE_DEPTH,
     Endpoint,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import MAX_TOKENS, Bucket, Charge, Level, Quota, duration, headers, settle, take, tightest
+from gateway.limits.buckets import MAX_TOKENS, Bucket, Charge, Level, Quota, duration, headers, settle, take, tightest
 
 REQUESTS = Bucket("k:req", "requests", per_minute=60, capacity=10, label="requests per minute of this key")
 TOKENS = Bucket("k:tok", "tokens", per_minute=600, capacity=1000, label="tokens per minute of this key")

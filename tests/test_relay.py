@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from gateway.mock import MockUpstream
+from gateway.protocols.mock import MockUpstream
 from gateway.settings import Settings
-from gateway.upstream import UpstreamRequest, UpstreamResponse
+from gateway.upstream.http import UpstreamRequest, UpstreamResponse
 from tests.support.processes import ROOT, Process
 from tests.support.serve import served
 from tests.test_proxy import behave, seen_upstream

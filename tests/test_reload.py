@@ -16,8 +16,8 @@ import openai
 import pytest
 import redis
 
-from gateway.reload import ReloadChannel, Reloader
-from gateway.routing import RoutingTable, load_routes
+from gateway.config.reload import ReloadChannel, Reloader
+from gateway.config.routing import RoutingTable, load_routes
 from tests.support.processes import Process, start_gateway
 from tests.support.redis import RedisServer, start_redis
 from tests.test_keys import ADMIN_KEY

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agents import AgentSpec, compile_agent
-from gateway.routing import ConfigError, RoutingTable, load_routes
+from gateway.config.agents import AgentSpec, compile_agent
+from gateway.config.routing import ConfigError, RoutingTable, load_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CONFIG = ROOT / "config"

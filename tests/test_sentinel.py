@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.redis_connection import RedisConnection, parse_sentinel_url
 from gateway.settings import Settings
+from gateway.store.redis_connection import RedisConnection, parse_sentinel_url
 from tests.support.processes import Process, free_port, start_gateway
 from tests.support.redis import RedisServer, start_redis
 

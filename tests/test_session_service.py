@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.agents import AgentSpec, compile_agent
+from gateway.config.agents import AgentSpec, compile_agent
+from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, SessionNotFound
-from gateway.routing import RoutingTable
 from gateway.sessions.guarded import GuardedSessionStore
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.service import Sessions, requested_id

@@ -13,13 +13,13 @@ import openai
 import orjson
 import pytest
 
-from gateway import simulate
-from gateway.agents import StreamingSpec
+from gateway.config.agents import StreamingSpec
 from gateway.errors import UpstreamBadResponse
-from gateway.payload import Endpoint
+from gateway.protocols.openai import simulate
+from gateway.protocols.openai.payload import Endpoint
+from gateway.protocols.openai.simulate import chat_events, completion_events, replay, split_words
 from gateway.sessions.assembly import ReplyAssembler, reply_from_completion
-from gateway.simulate import chat_events, completion_events, replay, split_words
-from gateway.upstream import UpstreamResponse
+from gateway.upstream.http import UpstreamResponse
 
 pytestmark = pytest.mark.anyio
 

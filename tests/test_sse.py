@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamBadResponse
-from gateway.sse import before_done, ends_with_done, error_event, split_events
+from gateway.protocols.sse import before_done, ends_with_done, error_event, split_events
 
 
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"], ids=["lf", "crlf", "cr"])

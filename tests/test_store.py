@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
+from gateway.auth.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.store.base import KeyConflict, Store, UsageEvent, UsageRow, periods
-from gateway.store.memory import MemoryStore, StateDirInUse
 from gateway.store.redis import RedisStore
+from gateway.store.sqlite import SQLiteStore, StateDirInUse
 from tests.support.redis import start_redis
 
 pytestmark = pytest.mark.anyio
@@ -32,7 +32,7 @@ def anyio_backend() -> str:
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Makes unopened stores that share one state: the same directory, or the same Redis and prefix."""
     if request.param == "memory":
-        return lambda: MemoryStore(tmp_path / "state")
+        return lambda: SQLiteStore(tmp_path / "state")
     url = request.getfixturevalue("redis_url")
     prefix = f"test:{uuid.uuid4().hex}:"
     return lambda: RedisStore(url, prefix=prefix)
@@ -223,7 +223,7 @@ async def test_concurrent_usage_loses_no_increments(store: Store) -> None:
 
 async def test_memory_state_survives_a_restart(tmp_path: Path) -> None:
     secret, record = make_key()
-    first = MemoryStore(tmp_path)
+    first = SQLiteStore(tmp_path)
     await first.open()
     await first.create_key(record)
     _, rotated = rotate(record)
@@ -231,7 +231,7 @@ async def test_memory_state_survives_a_restart(tmp_path: Path) -> None:
     await first.record_usage([event(record.id, prompt_tokens=4), event(record.id, prompt_tokens=6)])
     await first.close()
 
-    second = MemoryStore(tmp_path)
+    second = SQLiteStore(tmp_path)
     await second.open()
     try:
         assert await second.list_keys() == [rotated]
@@ -243,9 +243,9 @@ async def test_memory_state_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def test_memory_refuses_a_second_process_on_the_same_directory(tmp_path: Path) -> None:
-    first = MemoryStore(tmp_path)
+    first = SQLiteStore(tmp_path)
     await first.open()
-    second = MemoryStore(tmp_path)
+    second = SQLiteStore(tmp_path)
     try:
         with pytest.raises(StateDirInUse):
             await second.open()

@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from gateway.agents import Agent, AgentSpec, compile_agent
+from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnreachable
-from gateway.upstream import forward_headers, map_exceptions, relay_headers, upstream_url
+from gateway.upstream.http import forward_headers, map_exceptions, relay_headers, upstream_url
 
 SECRET = "sk-upstream-secret-4242"
 

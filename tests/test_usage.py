@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.payload import Endpoint
-from gateway.usage import StreamMeter, Usage, ask_for_stream_usage, estimate_prompt_tokens, from_body
+from gateway.protocols.openai.payload import Endpoint
+from gateway.protocols.openai.usage import StreamMeter, Usage, ask_for_stream_usage, estimate_prompt_tokens, from_body
 
 
 def chunk(content: str | None = None, *, usage: object = "absent", choices: bool = True) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway import sse
+from gateway.protocols import sse
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.usage import estimate_tokens, text_chars
+from gateway.protocols.openai.usage import estimate_tokens, text_chars
 
 # Tokens a message costs beyond its text (role, separators), as OpenAI's chat format adds per message.
 MESSAGE_OVERHEAD_TOKENS = 4

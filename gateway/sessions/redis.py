@@ -44,11 +44,11 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.keys import utcnow
-from gateway.redis_connection import RedisBacked
+from gateway.auth.keys import utcnow
 from gateway.sessions.history import bound
 from gateway.sessions.store import AnyOwner, Owner, Session
 from gateway.store.base import ANONYMOUS
+from gateway.store.redis_connection import RedisBacked
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Rewrites that lose to another rewrite retry with a fresh snapshot. After a win, everyone else's next snapshot holds

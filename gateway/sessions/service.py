@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.agents import Agent, SessionSpec
+from gateway.config.agents import Agent, SessionSpec
+from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, SessionNotFound, StoreUnavailable
-from gateway.metrics import Metrics
-from gateway.routing import RoutingTable
+from gateway.observability.metrics import Metrics
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from gateway.keys import KeyRecord
+from gateway.auth.keys import KeyRecord
 
 # Counter names kept per key, period and agent. `limited_*` count the gateway's own refusals by the kind of
 # limit; `upstream_limited` the provider's 429s, kept apart; `queued` requests that waited for a slot.
@@ -72,7 +72,7 @@ def periods(day: date) -> tuple[str, str]:
 
 
 class Store(Protocol):
-    """Keys and usage. Implementations: `MemoryStore` (one process, persisted to disk) and `RedisStore`."""
+    """Keys and usage. Implementations: `SQLiteStore` (one process, persisted to disk) and `RedisStore`."""
 
     name: str
     # How long a per-process cache may trust a key lookup: 0 for the embedded store (its lookups are dict reads),

@@ -11,9 +11,9 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.keys import KeyRecord
-from gateway.redis_connection import RedisBacked, RedisConnection
+from gateway.auth.keys import KeyRecord
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
+from gateway.store.redis_connection import RedisBacked, RedisConnection
 
 # Usage hashes outlive the windows anyone reports on (a year of days, two years of months), then clean themselves up.
 _DAY_TTL = int(timedelta(days=400).total_seconds())

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
-from gateway.server import UVICORN_OPTIONS
+from gateway.server.single import UVICORN_OPTIONS
 from tests.support.processes import free_port
 
 

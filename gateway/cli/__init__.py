@@ -1,0 +1,1 @@
+"""The `gateway` command: serve, check, keys, completion, and the admin API client the key commands use."""

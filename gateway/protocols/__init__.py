@@ -1,0 +1,1 @@
+"""Wire formats, one module per protocol: requests parsed and answers rendered, with no IO of their own."""

@@ -1,0 +1,1 @@
+"""OpenAI's wire format: request bodies, usage counts and replayed streams."""
