@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import UPSTREAM_KEY
-from tests.support.processes import Process, start_gateway
+from tests.support.processes import Process, free_port, start_gateway
 from tests.support.redis import RedisServer
 from tests.test_keys import ADMIN_KEY, Admin, sdk
 from tests.test_proxy import behave
@@ -35,6 +35,10 @@ agents:
   - name: clamped
     llm: {{provider: mock}}
     limits: {{max_tokens_per_request: 5, over_max_tokens: clamp}}
+  - name: unreachable
+    llm: {{provider: openai-compatible, model: up, base_url: "http://127.0.0.1:{dead_port}/v1"}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
 """
 
 
@@ -42,7 +46,7 @@ agents:
 def limited(upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     directory = tmp_path_factory.mktemp("limited")
     config = directory / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {
         "GATEWAY_ADMIN_KEY": ADMIN_KEY,
         "TEST_UPSTREAM_KEY": UPSTREAM_KEY,
@@ -124,6 +128,23 @@ def test_daily_quota_runs_out_with_insufficient_quota(limited: Process, admin: A
     with sdk(limited, key["secret"]) as client, pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="test-chat", messages=MESSAGES)
     assert caught.value.code == "insufficient_quota"
+
+
+def test_a_request_that_never_reached_the_upstream_gives_its_reservation_back(limited: Process, admin: Admin) -> None:
+    # A refused connection means nothing was generated: keeping the reservation (as for a timeout, when the
+    # provider may have generated and billed) would let requests with a large max_tokens drain the key's tokens.
+    key = admin.create(limits={"tpm": 60, "tpm_burst": 10_000})  # one token a second: refills barely move
+    unreachable = chat(limited, key["secret"], model="unreachable", max_tokens=9_000)
+    assert unreachable.status_code == 502
+    assert unreachable.json()["error"]["code"] == "upstream_unreachable"
+    assert int(unreachable.headers["x-ratelimit-remaining-tokens"]) < 1_000  # reserved while it was tried
+    deadline = time.monotonic() + 5
+    while True:  # settled in the background, after the answer
+        remaining = int(chat(limited, key["secret"], max_tokens=5).headers["x-ratelimit-remaining-tokens"])
+        if remaining > 9_000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert remaining > 9_000
 
 
 def test_concurrency_slot_is_held_for_a_stream_and_released_on_disconnect(
@@ -209,7 +230,7 @@ def test_redis_killed_mid_run(
 ) -> None:
     redis_server.start()
     config = tmp_path / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {
         "GATEWAY_ADMIN_KEY": ADMIN_KEY,
         "TEST_UPSTREAM_KEY": UPSTREAM_KEY,
@@ -255,7 +276,7 @@ def test_a_token_bucket_refusal_says_tokens_and_a_big_request_leaves_debt(limite
 
 def test_quotas_survive_a_restart_and_follow_a_usage_reset(upstream: Process, tmp_path: Path) -> None:
     config = tmp_path / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(tmp_path / "s")}
     first = start_gateway(config, tmp_path, env)
     operator = Admin(first)
@@ -283,7 +304,7 @@ def test_a_negative_max_tokens_is_refused_and_cannot_lock_a_key_out(
     upstream: Process, redis_server: RedisServer, tmp_path: Path, storage: str
 ) -> None:
     config = tmp_path / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(tmp_path / "s"),
            "RATE_LIMIT_STORAGE": storage}  # fmt: skip
     if storage == "redis":
@@ -313,7 +334,7 @@ def test_a_negative_max_tokens_is_refused_and_cannot_lock_a_key_out(
 
 def test_anonymous_callers_cannot_pick_their_address_from_loopback(upstream: Process, tmp_path: Path) -> None:
     config = tmp_path / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {"TEST_UPSTREAM_KEY": UPSTREAM_KEY, "RATE_LIMIT_REQUESTS_PER_MINUTE": "2",
            "GATEWAY_STATE_DIR": str(tmp_path / "s")}  # fmt: skip
     gateway = start_gateway(config, tmp_path, env)

@@ -209,6 +209,9 @@ class Guard:
 
 # Failures after which the provider may still have generated (and billed) the answer.
 _MAYBE_GENERATED = frozenset({502, 504})
+# Failures known to come before any request reached a provider (a refused connection, no key, every circuit open):
+# nothing was generated, whatever the status.
+_NEVER_SENT = frozenset({"upstream_unreachable", "upstream_not_configured", "upstream_circuit_open"})
 
 
 def _settlement(exchange: Exchange) -> int:
@@ -219,7 +222,7 @@ def _settlement(exchange: Exchange) -> int:
     used = bounded((exchange.prompt_tokens or 0) + (exchange.completion_tokens or 0))
     if exchange.prompt_tokens is not None and not exchange.usage_estimated:
         return used - reserved
-    if exchange.status >= 400 and exchange.status not in _MAYBE_GENERATED:
+    if exchange.status >= 400 and (exchange.status not in _MAYBE_GENERATED or exchange.error_class in _NEVER_SENT):
         return -reserved  # an error answer (the provider's own included): nothing was generated
     # Cut short, timed out or dropped without the upstream's count: keep the reservation, never refund what
     # may have been used; charge more only when the text relayed shows more.
