@@ -10,7 +10,6 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -36,6 +35,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.exchange import Exchange, exchange_of
+from gateway.http import JSONResponse
 from gateway.limits.admission import Guard
 from gateway.limits.limiter import Limiter, MemoryLimiter
 from gateway.limits.policy import Defaults
@@ -52,13 +52,6 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.upstream.http import HTTPUpstream, Upstream
 
 logger = logging.getLogger("gateway")
-
-
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 def make_store(settings: Settings) -> Store:

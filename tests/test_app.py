@@ -18,7 +18,7 @@ from starlette.routing import Route
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.app import create_app
 from gateway.exchange import Exchange
-from gateway.protocols.openai.payload import MAX_DEPTH
+from gateway.protocols.jsonbody import MAX_DEPTH
 from gateway.settings import Settings
 from gateway.upstream.http import UpstreamRequest, UpstreamResponse
 

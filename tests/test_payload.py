@@ -9,17 +9,8 @@ import pytest
 
 from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest, ValidationFailed
-from gateway.protocols.openai.payload import (
-    MAX_DEPTH,
-    ORJSON_WRITE_DEPTH,
-    Endpoint,
-    check,
-    check_depth,
-    model_of,
-    parse,
-    prepare,
-    wants_stream,
-)
+from gateway.protocols.jsonbody import MAX_DEPTH, ORJSON_WRITE_DEPTH, check_depth, parse
+from gateway.protocols.openai.payload import Endpoint, check, model_of, prepare, wants_stream
 
 
 def make_agent(llm: dict[str, Any] | None = None, **fields: Any) -> Agent:

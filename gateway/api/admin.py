@@ -10,29 +10,24 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
 from gateway.api import reports
-from gateway.api.admin_schema import DAYS, KEYS_LIMIT, OFFSET, IntParam, KeyCreate, KeyUpdate, Rotate, openapi_document
+from gateway.api.admin_schema import DAYS, KEYS_LIMIT, OFFSET, KeyCreate, KeyUpdate, Rotate, openapi_document
 from gateway.auth.authenticator import presented_secret
 from gateway.auth.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
-from gateway.errors import AdminAuthFailed, BadRequest, ClientError, KeyNotFound, KeyRevoked, ValidationFailed
-from gateway.protocols.openai.payload import check_depth
-from gateway.proxy.pipeline import read_body
+from gateway.errors import AdminAuthFailed, BadRequest, KeyNotFound, KeyRevoked, ValidationFailed
+from gateway.http import JSONResponse, int_param, read_model
 from gateway.store.base import Store
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
 class AdminAPI:
@@ -85,7 +80,7 @@ class AdminAPI:
         return guarded
 
     async def openapi(self, request: Request) -> Response:
-        return json_response(openapi_document(__version__))
+        return JSONResponse(openapi_document(__version__))
 
     async def create_key(self, request: Request) -> Response:
         body = await self._body(request, KeyCreate)
@@ -104,7 +99,7 @@ class AdminAPI:
             metadata=body.metadata,
         )
         await self._store.create_key(record)
-        return json_response({**record.public(), "secret": secret}, status=201)
+        return JSONResponse({**record.public(), "secret": secret}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
         query = request.query_params
@@ -121,7 +116,7 @@ class AdminAPI:
             and all(k in record.metadata and _as_text(record.metadata[k]) == v for k, v in wanted.items())
         ]
         page = [record.public() for record in matching[offset : offset + limit]]
-        return json_response({"object": "list", "data": page, "total": len(matching), "offset": offset, "limit": limit})
+        return JSONResponse({"object": "list", "data": page, "total": len(matching), "offset": offset, "limit": limit})
 
     async def _body(self, request: Request, model: type[M], *, allow_empty: bool = False) -> M:
         return await read_model(request, model, self._max_body_bytes, allow_empty=allow_empty)
@@ -134,7 +129,7 @@ class AdminAPI:
         return record
 
     async def show_key(self, request: Request) -> Response:
-        return json_response((await self._key(request)).public())
+        return JSONResponse((await self._key(request)).public())
 
     async def update_key(self, request: Request) -> Response:
         record = await self._key(request)
@@ -158,15 +153,15 @@ class AdminAPI:
             changes["quotas"] = dataclasses.replace(record.quotas, **_sent_fields(body.quotas))
         updated = record.replace(**changes)
         await self._save(updated, record)
-        return json_response(updated.public())
+        return JSONResponse(updated.public())
 
     async def revoke_key(self, request: Request) -> Response:
         record = await self._key(request)
         if record.revoked:
-            return json_response(record.public())
+            return JSONResponse(record.public())
         revoked = record.replace(revoked=True, revoked_at=utcnow())
         await self._save(revoked, record)
-        return json_response(revoked.public())
+        return JSONResponse(revoked.public())
 
     async def rotate_key(self, request: Request) -> Response:
         record = await self._key(request)
@@ -184,7 +179,7 @@ class AdminAPI:
             grace_until=now + timedelta(seconds=body.grace_seconds) if grace else None,
         )
         await self._save(rotated, record)
-        return json_response({**rotated.public(), "secret": secret})
+        return JSONResponse({**rotated.public(), "secret": secret})
 
     async def _save(self, record: KeyRecord, previous: KeyRecord) -> None:
         await self._store.save_key(record, previous=previous)
@@ -203,25 +198,25 @@ class AdminAPI:
         quotas = reports.quota_state(record, [r for r in rows if r.period == month], today, now)
         del summary["by_key"]
         limits = dataclasses.asdict(record.limits)
-        return json_response({"key_id": record.id, **summary, "quotas": quotas, "limits": limits})
+        return JSONResponse({"key_id": record.id, **summary, "quotas": quotas, "limits": limits})
 
     async def reset_usage(self, request: Request) -> Response:
         record = await self._key(request)
         await self._store.reset_usage(record.id)
         await self._usage_reset(record)
-        return json_response({"key_id": record.id, "reset": True})
+        return JSONResponse({"key_id": record.id, "reset": True})
 
     async def all_usage(self, request: Request) -> Response:
         days = int_param(request.query_params.get("days"), DAYS)
         periods = reports.days_back(utcnow().date(), days)
-        return json_response(reports.summarize(await self._store.usage(None, periods), periods))
+        return JSONResponse(reports.summarize(await self._store.usage(None, periods), periods))
 
     async def show_routes(self, request: Request) -> Response:
-        return json_response({"object": "list", "data": [_route(a) for a in self._routes().agents]})
+        return JSONResponse({"object": "list", "data": [_route(a) for a in self._routes().agents]})
 
     async def reload(self, request: Request) -> Response:
         table = self._reload()
-        return json_response({"reloaded": True, "agents": [agent.name for agent in table.agents]})
+        return JSONResponse({"reloaded": True, "agents": [agent.name for agent in table.agents]})
 
 
 def _route(agent: Agent) -> dict[str, Any]:
@@ -260,28 +255,6 @@ def _without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
-async def read_model(
-    request: Request,
-    model: type[M],
-    limit: int,
-    *,
-    allow_empty: bool = False,
-    error: type[ClientError] = ValidationFailed,
-) -> M:
-    """The request body read (up to `limit` bytes) and validated as `model`; `error` names every bad field."""
-    raw = await read_body(request, limit)
-    if not raw.strip() and allow_empty:
-        raw = b"{}"
-    check_depth(raw, error)
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        fields = [".".join(str(part) for part in error["loc"]) or "(body)" for error in errors]
-        message = "; ".join(f"{field}: {error['msg']}" for field, error in zip(fields, errors, strict=True))
-        raise error(message, param=fields[0] if fields[0] != "(body)" else None) from None
-
-
 def _sent_fields(model: BaseModel) -> dict[str, Any]:
     return {name: getattr(model, name) for name in model.model_fields_set}
 
@@ -304,19 +277,3 @@ def _bool_param(raw: str | None, name: str, *, default: bool) -> bool:
     if raw.lower() in ("false", "0", "no"):
         return False
     raise BadRequest(f"`{name}` must be true or false.", param=name)
-
-
-def int_param(raw: str | None, param: IntParam) -> int:
-    """A whole-number query parameter within its bounds; 400 naming it otherwise."""
-    if raw is None or raw == "":
-        return param.default
-    # ASCII digits only, and not too many: str.isdigit() also takes "²", which int() refuses, and int() refuses
-    # strings of more than 4,300 digits.
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS else None
-    if value is None or not param.low <= value <= param.high:
-        raise BadRequest(f"`{param.name}` must be a whole number from {param.low} to {param.high}.", param=param.name)
-    return value
-
-
-# More digits than any bound has: longer numbers (or zeros in front of one) are out of range.
-_MAX_DIGITS = 20

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from gateway.http import IntParam
 from gateway.limits.buckets import MAX_TOKENS
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
@@ -21,16 +21,6 @@ MAX_OFFSET = 1_000_000_000
 # Integers a store keeps exactly: orjson writes at most 64 bits, SQLite and Redis hold signed 64-bit integers.
 _INT64 = 2**63
 METADATA_RULES = "Free-form: user, team, purpose. Integers within signed 64 bits; no NaN or infinity."
-
-
-@dataclass(frozen=True, slots=True)
-class IntParam:
-    """A whole-number query parameter: what its handler accepts, and what the OpenAPI document says of it."""
-
-    name: str
-    default: int
-    low: int
-    high: int
 
 
 OFFSET = IntParam("offset", 0, 0, MAX_OFFSET)

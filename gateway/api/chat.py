@@ -14,10 +14,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.admin import json_response, read_model
 from gateway.auth.authenticator import Authenticator, authorize
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, ModelNotFound, UpstreamBadResponse
+from gateway.http import JSONResponse, read_model
 from gateway.protocols.openai.payload import Endpoint
 from gateway.proxy.pipeline import Proxy
 from gateway.sessions.service import Sessions, requested_id
@@ -87,7 +87,7 @@ def _simple(response: Response, session_id: str | None) -> Response:
     if not isinstance(message, dict):
         raise UpstreamBadResponse("The upstream's chat completion holds no message.")
     reply = {"role": message.get("role", "assistant"), "content": message.get("content")}
-    simple = json_response({"session_id": session_id, "message": reply, "usage": completion.get("usage")})
+    simple = JSONResponse({"session_id": session_id, "message": reply, "usage": completion.get("usage")})
     simple.raw_headers = [
         *(h for h in response.raw_headers if h[0] not in (b"content-length", b"content-type")),
         *(h for h in simple.raw_headers if h[0] in (b"content-length", b"content-type")),

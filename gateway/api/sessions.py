@@ -8,12 +8,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.admin import int_param, json_response, read_model
 from gateway.api.admin_schema import OFFSET, SESSIONS_LIMIT, Metadata
 from gateway.auth.authenticator import Authenticator, authorize
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.exchange import exchange_of
+from gateway.http import JSONResponse, int_param, read_model
 from gateway.sessions.service import Sessions
 from gateway.sessions.store import Session
 
@@ -60,7 +60,7 @@ class SessionsAPI:
             ttl_seconds=body.ttl_seconds,
         )
         _note(request, session, storage)
-        return json_response(session.public(), status=201)
+        return JSONResponse(session.public(), status_code=201)
 
     async def show(self, request: Request) -> Response:
         key = await self._auth.authenticate(request.scope["headers"])
@@ -91,7 +91,7 @@ class SessionsAPI:
         shown = {**session.public(), "messages": messages}
         if any_owner:
             shown["key_id"] = session.key_id
-        return json_response(shown)
+        return JSONResponse(shown)
 
     async def _list(
         self, request: Request, key_id: str | None, *, all_keys: bool, show_owner: bool = False
@@ -110,13 +110,13 @@ class SessionsAPI:
             all_keys=all_keys,
         )
         data = [{**s.public(), "key_id": s.key_id} if show_owner else s.public() for s in page]
-        return json_response({"object": "list", "data": data, "total": total, "offset": offset, "limit": limit,
+        return JSONResponse({"object": "list", "data": data, "total": total, "offset": offset, "limit": limit,
                               "has_more": offset + len(page) < total})  # fmt: skip
 
     async def _delete(self, request: Request, key_id: str | None, *, any_owner: bool) -> Response:
         session_id = request.path_params["session_id"]
         await self._sessions.delete(session_id, key_id, any_owner=any_owner)
-        return json_response({"session_id": session_id, "object": "session.deleted", "deleted": True})
+        return JSONResponse({"session_id": session_id, "object": "session.deleted", "deleted": True})
 
 
 def _note(request: Request, session: Session, storage: str) -> None:

@@ -11,16 +11,17 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive
 
 from gateway.auth.authenticator import Authenticator, authorize
 from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
-from gateway.errors import BadRequest, ModelNotFound, PayloadTooLarge, UpstreamBadResponse
+from gateway.errors import BadRequest, ModelNotFound, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
+from gateway.http import DisconnectWatch, read_body
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
+from gateway.protocols import jsonbody
 from gateway.protocols.openai import payload, simulate, usage
 from gateway.protocols.openai.payload import Endpoint
 from gateway.proxy.dispatcher import Dispatcher
@@ -59,7 +60,7 @@ class Proxy:
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
         key = await self._auth.authenticate(request.scope["headers"])
-        body = payload.parse(await read_body(request, self._max_body_bytes))
+        body = jsonbody.parse(await read_body(request, self._max_body_bytes))
         return await self.serve(request, endpoint, body, key)
 
     async def serve(
@@ -157,63 +158,6 @@ class Proxy:
         turn.new_messages = list(messages)
         body["messages"] = [*turn.history, *messages]
         return turn
-
-
-# A request answered sooner than this never starts watching for its client: a task parked in the server's
-# `receive()` measured ~0.1 ms of CPU per request here, a third of a fast request's cost. LLM calls take far
-# longer, and a client that leaves before this mark is noticed at it: within 80 ms, under the 100 ms promised.
-WATCH_AFTER = 0.08
-
-
-class DisconnectWatch:
-    """Cancels the current task when the client disconnects: cancelling drops the upstream connection, which is
-    what stops the upstream from generating an answer nobody will read."""
-
-    __slots__ = ("_gone", "_receive", "_task", "_timer", "_watch")
-
-    def __init__(self, receive: Receive) -> None:
-        self._task = asyncio.current_task()
-        self._receive = receive
-        self._gone = False
-        self._watch: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
-
-    def _start(self) -> None:
-        self._watch = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        if self._task is not None:
-            self._task.cancel()
-
-    def left(self) -> bool:
-        """Whether the cancellation came from the client leaving; if so it is taken back, to answer it as such."""
-        if self._gone and self._task is not None:
-            self._task.uncancel()
-        return self._gone
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._watch is not None:
-            self._watch.cancel()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body is {declared} bytes; this gateway accepts at most {limit}.")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds {limit} bytes, the most this gateway accepts.")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def buffered(upstream: UpstreamResponse, exchange: Exchange, turn: Turn | None = None) -> Response:

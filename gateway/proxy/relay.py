@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, StoreUnavailable, UpstreamBadResponse, UpstreamError
 from gateway.exchange import Exchange
+from gateway.http import wait_for_disconnect
 from gateway.observability.metrics import Metrics
 from gateway.protocols import sse
 from gateway.protocols.openai.usage import StreamMeter
@@ -67,7 +68,7 @@ class StreamRelay(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watch = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
@@ -194,10 +195,3 @@ class StreamRelay(Response):
 
 def _outcome(exc: GatewayError) -> str:
     return "upstream_error" if isinstance(exc, UpstreamError) else "gateway_error"
-
-
-async def _wait_for_disconnect(receive: Receive) -> Any:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return message

@@ -5,10 +5,9 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-import orjson
-
 from gateway.config.agents import Agent
-from gateway.errors import BadRequest, ClientError
+from gateway.errors import BadRequest
+from gateway.protocols.jsonbody import json_type
 
 # Fields only the gateway reads; never sent upstream.
 GATEWAY_FIELDS = ("session_id",)
@@ -45,70 +44,6 @@ _OUTPUT_LIMIT_FIELDS = frozenset(_OUTPUT_LIMITS)
 # The roles OpenAI's chat API accepts, in the order its own error message lists them.
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _ROLES = frozenset(ROLES)
-# Deepest JSON nesting accepted in a body. orjson reads 1,024 levels but writes only 254, and what a client sends is
-# written again (upstream, to sessions and stores, inside admin answers) and walked by usage estimates. 200 covers
-# any real request (content parts, tool schemas, metadata) with room for what the gateway wraps around it, and is
-# about where pydantic's parser stops too, so admin bodies share the limit.
-MAX_DEPTH = 200
-# The deepest nesting orjson writes (its recursion limit), which the depth check relies on.
-ORJSON_WRITE_DEPTH = 254
-
-
-def parse(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise BadRequest("The request body is empty; send a JSON object.")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if _is_depth_error(exc):
-            raise _too_deep(BadRequest) from None
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}.") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"The request body must be a JSON object, not {_json_type(data)}.")
-    if _nests_deeper(data):
-        raise _too_deep(BadRequest)
-    return data
-
-
-def check_depth(body: bytes, error: type[ClientError] = BadRequest) -> None:
-    """Refuse a body nested deeper than `MAX_DEPTH`, for bodies another parser reads (pydantic's, for the admin API
-    and the simple chat API); a body that is not JSON at all is left for that parser to report."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        if _is_depth_error(exc):
-            raise _too_deep(error) from None
-        return
-    if _nests_deeper(data):
-        raise _too_deep(error)
-
-
-def _nests_deeper(value: Any) -> bool:
-    """Whether objects and arrays in `value` (as orjson reads them) nest deeper than `MAX_DEPTH`.
-
-    orjson writes at most `ORJSON_WRITE_DEPTH` levels, so `value` inside as many arrays as make up the difference
-    can be written only if it is no deeper than `MAX_DEPTH`. Writing is one pass in C: ~6 µs for a 7 kB chat body
-    and ~25 µs for 70 kB, where counting brackets in the bytes took 4 and 42 µs and walking the value in Python
-    ~80 µs for 70 kB.
-    """
-    wrapped = value
-    for _ in range(ORJSON_WRITE_DEPTH - MAX_DEPTH):
-        wrapped = [wrapped]
-    try:
-        orjson.dumps(wrapped)
-    except orjson.JSONEncodeError:
-        return True
-    return False
-
-
-def _is_depth_error(exc: orjson.JSONDecodeError) -> bool:
-    return "depth limit" in str(exc)
-
-
-def _too_deep(error: type[ClientError]) -> ClientError:
-    return error(
-        f"The JSON body nests objects or arrays deeper than {MAX_DEPTH} levels, the most this gateway accepts."
-    )
 
 
 def model_of(body: dict[str, Any]) -> str:
@@ -116,7 +51,7 @@ def model_of(body: dict[str, Any]) -> str:
     if model is None:
         raise BadRequest("You must provide a model parameter.", param="model")
     if not isinstance(model, str) or not model:
-        kind = "an empty string" if model == "" else _json_type(model)
+        kind = "an empty string" if model == "" else json_type(model)
         raise BadRequest(f"`model` must be a non-empty string, not {kind}.", param="model")
     return model
 
@@ -126,7 +61,7 @@ def wants_stream(body: dict[str, Any]) -> bool:
     if stream is None:
         return False
     if not isinstance(stream, bool):
-        raise BadRequest(f"`stream` must be a boolean, not {_json_type(stream)}.", param="stream")
+        raise BadRequest(f"`stream` must be a boolean, not {json_type(stream)}.", param="stream")
     return stream
 
 
@@ -198,11 +133,11 @@ def _checked_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     if messages is None:
         raise BadRequest("You must provide a messages parameter.", param="messages")
     if not isinstance(messages, list):
-        raise BadRequest(f"`messages` must be an array, not {_json_type(messages)}.", param="messages")
+        raise BadRequest(f"`messages` must be an array, not {json_type(messages)}.", param="messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadRequest(
-                f"`messages[{index}]` must be an object, not {_json_type(message)}.",
+                f"`messages[{index}]` must be an object, not {json_type(message)}.",
                 param=f"messages[{index}]",
             )
     return messages
@@ -257,7 +192,7 @@ def _check_strings(fields: dict[str, Any], names: tuple[str, ...], where: str) -
 
 
 def _wrong(where: str, expected: str, value: Any) -> BadRequest:
-    return BadRequest(f"`{where}` must be {expected}, not {_json_type(value)}.", param=where)
+    return BadRequest(f"`{where}` must be {expected}, not {json_type(value)}.", param=where)
 
 
 def _check_output_limit(name: str, value: Any) -> None:
@@ -265,24 +200,10 @@ def _check_output_limit(name: str, value: Any) -> None:
     reserve nothing or less than nothing against the key's token limits."""
     if value is None or (value.__class__ is int and value >= 1):
         return
-    shown = str(value) if value.__class__ is int else _json_type(value)
+    shown = str(value) if value.__class__ is int else json_type(value)
     raise BadRequest(f"`{name}` must be an integer of at least 1, not {shown}.", param=name)
 
 
 def _excerpt(text: str) -> str:
     """A client's string quoted in an error message, cut short: the message must stay readable."""
     return repr(text if len(text) <= 40 else text[:40] + "...")
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
