@@ -15,12 +15,13 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway import __version__
-from gateway.app import create_app, preflight
+from gateway.app import create_app
 from gateway.auth.authenticator import AuthRefused
 from gateway.cli.completion import register as register_completion
 from gateway.cli.keys import columns, keys_app
 from gateway.config.routing import ConfigError, RoutingTable, load_routes
 from gateway.observability.logs import configure_logging
+from gateway.runtime import preflight
 from gateway.server.single import UNWIND_SECONDS, UVICORN_OPTIONS, DrainingServer, http_protocol
 from gateway.settings import Settings, environ_with_dotenv
 from gateway.store.sqlite import StateDirInUse

@@ -16,8 +16,8 @@ from typing import Any, ClassVar, cast
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.app import Runtime
 from gateway.errors import RequestHeadersTooLarge
+from gateway.runtime import Runtime
 
 logger = logging.getLogger("gateway")
 
