@@ -17,6 +17,7 @@ from gateway.api.health import Health
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.sessions import SessionsAPI
+from gateway.auth.door import AuthDoor
 from gateway.config.routing import RoutingTable, load_routes
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
@@ -65,7 +66,6 @@ def create_app(
     proxy = Proxy(
         runtime.current_routes,
         runtime.dispatcher,
-        runtime.authenticator,
         runtime.guard,
         runtime.sessions,
         metrics=runtime.metrics,
@@ -73,12 +73,11 @@ def create_app(
     )
     endpoints = OpenAIEndpoints(runtime, proxy)
     health = Health(runtime)
-    sessions = SessionsAPI(runtime.sessions, runtime.authenticator, runtime.current_routes, settings.max_body_bytes)
-    chat = ChatAPI(proxy, runtime.sessions, runtime.authenticator, runtime.current_routes, settings.max_body_bytes)
+    sessions = SessionsAPI(runtime.sessions, runtime.current_routes, settings.max_body_bytes)
+    chat = ChatAPI(proxy, runtime.sessions, runtime.current_routes, settings.max_body_bytes)
     admin_routes: list[BaseRoute] = []
     if settings.admin_key is not None:
         admin = AdminAPI(
-            settings.admin_key.get_secret_value(),
             runtime.store,
             runtime.current_routes,
             runtime.reload,
@@ -88,9 +87,9 @@ def create_app(
         )
         admin_routes = [
             *admin.routes(),
-            Route("/admin/sessions", admin.guard(sessions.admin_list), methods=["GET"]),
-            Route("/admin/sessions/{session_id}", admin.guard(sessions.admin_show), methods=["GET"]),
-            Route("/admin/sessions/{session_id}", admin.guard(sessions.admin_delete), methods=["DELETE"]),
+            Route("/admin/sessions", sessions.admin_list, methods=["GET"]),
+            Route("/admin/sessions/{session_id}", sessions.admin_show, methods=["GET"]),
+            Route("/admin/sessions/{session_id}", sessions.admin_delete, methods=["DELETE"]),
         ]
     app = Starlette(
         routes=[
@@ -111,7 +110,17 @@ def create_app(
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", runtime.metrics.endpoint, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestContextMiddleware, on_complete=hooks)],
+        middleware=[
+            Middleware(RequestContextMiddleware, on_complete=hooks),
+            Middleware(
+                AuthDoor,
+                authenticator=runtime.authenticator,
+                admin_key=settings.admin_key.get_secret_value() if settings.admin_key is not None else None,
+                render=render_gateway_error,
+                render_store_error=render_store_error,
+                store_errors=runtime.store.errors,
+            ),
+        ],
         exception_handlers={
             GatewayError: render_gateway_error,
             HTTPException: render_http_exception,

@@ -6,9 +6,12 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.auth.authenticator import AuthRefused, authorize, presented_secret, resolve_mode
+from gateway.auth.authenticator import AuthRefused, presented_secret, resolve_mode
+from gateway.auth.door import agent_for
 from gateway.auth.keys import KeyRecord, display_prefix, hash_secret, new_key_id, new_secret, utcnow
-from gateway.errors import PermissionDenied
+from gateway.config.agents import AgentSpec, compile_agent
+from gateway.config.routing import RoutingTable
+from gateway.errors import ModelNotFound, PermissionDenied
 
 
 def record(secret: str, **changes: object) -> KeyRecord:
@@ -39,10 +42,11 @@ def test_implicit_none_off_loopback_is_refused_with_the_way_out() -> None:
         resolve_mode("auto", admin_key_set=False, key_count=0, host="0.0.0.0")
 
 
-def test_presented_secret_reads_bearer_or_api_key() -> None:
+def test_presented_secret_reads_bearer_x_api_key_or_api_key() -> None:
     assert presented_secret([(b"authorization", b"Bearer sk-gw-a")]) == "sk-gw-a"
     assert presented_secret([(b"authorization", b"bearer  sk-gw-b ")]) == "sk-gw-b"
     assert presented_secret([(b"api-key", b"sk-gw-c")]) == "sk-gw-c"
+    assert presented_secret([(b"x-api-key", b"sk-gw-d")]) == "sk-gw-d"  # the Anthropic SDK's header
     assert presented_secret([(b"authorization", b"Basic abc")]) is None
     assert presented_secret([]) is None
 
@@ -76,10 +80,18 @@ def test_allow_list_takes_names_and_globs() -> None:
     assert key.allows("support")
     assert not key.allows("claude")
     assert record(new_secret()).allows("anything")
-    authorize(key, "support-alias", "support")  # the agent's own name is allowed
+    support = compile_agent(AgentSpec.model_validate({"name": "support", "aliases": ["support-alias"],
+                                                      "llm": {"provider": "mock"}}), {})  # fmt: skip
+    claude = compile_agent(AgentSpec.model_validate({"name": "claude", "llm": {"provider": "mock"}}), {})
+    routes = RoutingTable((support, claude))
+    assert agent_for(routes, key, "support-alias") is support  # the agent's own name is allowed
     with pytest.raises(PermissionDenied, match="claude"):
-        authorize(key, "claude", "claude")
-    authorize(None, "claude", "claude")  # auth none: nothing to check
+        agent_for(routes, key, "claude")
+    with pytest.raises(ModelNotFound, match="claude"):
+        agent_for(routes, key, "claude", hide=True)  # where a model's existence is not to be told
+    with pytest.raises(ModelNotFound, match="nope"):
+        agent_for(routes, None, "nope")
+    assert agent_for(routes, None, "claude") is claude  # auth none: nothing to check
 
 
 def test_records_round_trip_through_json() -> None:

@@ -14,9 +14,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.authenticator import Authenticator, authorize
+from gateway.auth.door import agent_for, key_id_of, key_of
 from gateway.config.routing import RoutingTable
-from gateway.errors import BadRequest, ModelNotFound, UpstreamBadResponse
+from gateway.errors import BadRequest, UpstreamBadResponse
 from gateway.http import JSONResponse, read_model
 from gateway.protocols.openai.payload import Endpoint
 from gateway.proxy.pipeline import Proxy
@@ -37,13 +37,11 @@ class ChatAPI:
         self,
         proxy: Proxy,
         sessions: Sessions,
-        authenticator: Authenticator,
         routes: Callable[[], RoutingTable],
         max_body_bytes: int,
     ) -> None:
         self._proxy = proxy
         self._sessions = sessions
-        self._auth = authenticator
         self._routes = routes
         self._max_body_bytes = max_body_bytes
 
@@ -54,15 +52,11 @@ class ChatAPI:
         return await self._chat(request, always_stream=True)
 
     async def _chat(self, request: Request, *, always_stream: bool) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
         body = await read_model(request, ChatRequest, self._max_body_bytes, error=BadRequest)
-        agent = self._routes().match(body.agent_name)
-        if agent is None:
-            raise ModelNotFound(body.agent_name)
-        authorize(key, body.agent_name, agent.name)
+        agent = agent_for(self._routes(), key_of(request), body.agent_name)
         session_id = requested_id(request.scope["headers"], {"session_id": body.session_id})
         if session_id is None and agent.spec.session.enabled:
-            session, _ = await self._sessions.create(agent, key.id if key is not None else None)
+            session, _ = await self._sessions.create(agent, key_id_of(request))
             session_id = session.id
         stream = always_stream or body.stream
         completion: dict[str, Any] = {
@@ -72,7 +66,7 @@ class ChatAPI:
         }
         if session_id is not None:
             completion["session_id"] = session_id
-        response = await self._proxy.serve(request, Endpoint.CHAT, completion, key)
+        response = await self._proxy.serve(request, Endpoint.CHAT, completion)
         if stream or response.status_code >= 300:
             return response  # a stream is OpenAI's chunk format already; errors are OpenAI-shaped already
         return _simple(response, session_id)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.door import agent_for, key_of
 from gateway.config.routing import RoutingTable
-from gateway.errors import ModelNotFound
 from gateway.http import JSONResponse
 from gateway.protocols.openai.payload import Endpoint
 from gateway.proxy.pipeline import Proxy
@@ -37,17 +37,14 @@ class OpenAIEndpoints:
         return await self.proxy.forward(request, Endpoint.RESPONSES)
 
     async def list_models(self, request: Request) -> Response:
-        key = await self.runtime.authenticator.authenticate(request.scope["headers"])
+        key = key_of(request)
         routes = self.runtime.routes
         visible = [a for a in routes.agents if key is None or key.allows(a.name)]
         return JSONResponse({"object": "list", "data": [_model(a.name, routes) for a in visible]})
 
     async def get_model(self, request: Request) -> Response:
-        key = await self.runtime.authenticator.authenticate(request.scope["headers"])
         model = request.path_params["model"]
-        agent = self.runtime.routes.match(model)
-        if agent is None or (key is not None and not (key.allows(model) or key.allows(agent.name))):
-            raise ModelNotFound(model)
+        agent_for(self.runtime.routes, key_of(request), model, hide=True)  # another key's model: as if none
         return JSONResponse(_model(model, self.runtime.routes))
 
 

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.admin_schema import OFFSET, SESSIONS_LIMIT, Metadata
-from gateway.auth.authenticator import Authenticator, authorize
+from gateway.auth.door import agent_for, key_id_of, key_of
 from gateway.config.routing import RoutingTable
-from gateway.errors import BadRequest, ModelNotFound
+from gateway.errors import BadRequest
 from gateway.exchange import exchange_of
 from gateway.http import JSONResponse, int_param, read_model
 from gateway.sessions.service import Sessions
@@ -36,25 +36,19 @@ class SessionsAPI:
     def __init__(
         self,
         sessions: Sessions,
-        authenticator: Authenticator,
         routes: Callable[[], RoutingTable],
         max_body_bytes: int,
     ) -> None:
         self._sessions = sessions
-        self._auth = authenticator
         self._routes = routes
         self._max_body_bytes = max_body_bytes
 
     async def create(self, request: Request) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
         body = await read_model(request, SessionCreate, self._max_body_bytes, error=BadRequest)
-        agent = self._routes().match(body.model)
-        if agent is None:
-            raise ModelNotFound(body.model)
-        authorize(key, body.model, agent.name)
+        agent = agent_for(self._routes(), key_of(request), body.model)
         session, storage = await self._sessions.create(
             agent,
-            key.id if key is not None else None,
+            key_id_of(request),
             user_id=body.user_id,
             metadata=body.metadata,
             ttl_seconds=body.ttl_seconds,
@@ -63,16 +57,13 @@ class SessionsAPI:
         return JSONResponse(session.public(), status_code=201)
 
     async def show(self, request: Request) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
-        return await self._show(request, key.id if key is not None else None, any_owner=False)
+        return await self._show(request, key_id_of(request), any_owner=False)
 
     async def list(self, request: Request) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
-        return await self._list(request, key.id if key is not None else None, all_keys=False)
+        return await self._list(request, key_id_of(request), all_keys=False)
 
     async def delete(self, request: Request) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
-        return await self._delete(request, key.id if key is not None else None, any_owner=False)
+        return await self._delete(request, key_id_of(request), any_owner=False)
 
     async def admin_show(self, request: Request) -> Response:
         return await self._show(request, None, any_owner=True)

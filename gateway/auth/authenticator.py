@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from gateway.auth.keys import KeyRecord, hash_secret, utcnow
-from gateway.errors import AuthenticationFailed, PermissionDenied, StoreUnavailable
+from gateway.errors import AuthenticationFailed, StoreUnavailable
 from gateway.store.base import Store
 
 AuthMode = Literal["keys", "none"]
@@ -51,13 +51,14 @@ RETRY_STORE_AFTER = 1.0
 
 
 def presented_secret(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The key a client sent: `Authorization: Bearer <key>` (what the OpenAI SDK sends) or `api-key: <key>`."""
+    """The key a client sent: `Authorization: Bearer <key>` (what the OpenAI SDK sends), `x-api-key: <key>` (what
+    the Anthropic SDK sends) or `api-key: <key>` (Azure's)."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, secret = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and secret.strip():
                 return secret.strip()
-        elif name == b"api-key" and value.strip():
+        elif name in (b"x-api-key", b"api-key") and value.strip():
             return value.decode("latin-1").strip()
     return None
 
@@ -135,9 +136,3 @@ class Authenticator:
     def forget(self) -> None:
         """Drop every cached lookup (this process changed a key)."""
         self._cache.clear()
-
-
-def authorize(key: KeyRecord | None, requested: str, agent_name: str) -> None:
-    """Refuse with 403 a key whose allow-list covers neither the model name asked for nor its agent."""
-    if key is not None and not (key.allows(requested) or key.allows(agent_name)):
-        raise PermissionDenied(f"This API key may not use the model `{requested}`.", param="model")

@@ -1,4 +1,4 @@
-"""The proxy path, in the order the product does it: authenticate, match the agent, authorize, rewrite, forward,
+"""The proxy path, in the order the product does it (the caller is known already): match the agent, rewrite, forward,
 relay, and note what accounting needs."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.auth.authenticator import Authenticator, authorize
+from gateway.auth.door import agent_for, key_of
 from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
-from gateway.errors import BadRequest, ModelNotFound, UpstreamBadResponse
+from gateway.errors import BadRequest, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
 from gateway.http import DisconnectWatch, read_body
 from gateway.limits.admission import Guard
@@ -43,7 +43,6 @@ class Proxy:
         self,
         routes: Callable[[], RoutingTable],
         dispatcher: Dispatcher,
-        authenticator: Authenticator,
         guard: Guard,
         sessions: Sessions,
         *,
@@ -53,30 +52,23 @@ class Proxy:
         self._metrics = metrics
         self._routes = routes
         self._dispatcher = dispatcher
-        self._auth = authenticator
         self._guard = guard
         self._sessions = sessions
         self._max_body_bytes = max_body_bytes
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
-        key = await self._auth.authenticate(request.scope["headers"])
         body = jsonbody.parse(await read_body(request, self._max_body_bytes))
-        return await self.serve(request, endpoint, body, key)
+        return await self.serve(request, endpoint, body)
 
-    async def serve(
-        self, request: Request, endpoint: Endpoint, body: dict[str, Any], key: KeyRecord | None
-    ) -> Response:
-        """The rest of the path, for a body already read and a key already authenticated."""
+    async def serve(self, request: Request, endpoint: Endpoint, body: dict[str, Any]) -> Response:
+        """The rest of the path, for a body already read."""
         exchange = exchange_of(request.scope)
-        exchange.key_id = key.id if key is not None else None
+        key = key_of(request)
         model = payload.model_of(body)
         stream = payload.wants_stream(body)
         payload.check(endpoint, body)
-        agent = self._routes().match(model)
-        if agent is None:
-            raise ModelNotFound(model)
+        agent = agent_for(self._routes(), key, model)
         exchange.agent = agent.name
-        authorize(key, model, agent.name)
         turn = await self._continue_session(request, endpoint, body, agent, key)
         # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
         simulated = stream and not agent.streams
