@@ -70,6 +70,7 @@ def create_app(
         runtime.sessions,
         metrics=runtime.metrics,
         max_body_bytes=settings.max_body_bytes,
+        default_max_tokens=settings.default_max_tokens,
     )
     endpoints = OpenAIEndpoints(runtime, proxy)
     health = Health(runtime)

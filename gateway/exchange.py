@@ -33,7 +33,7 @@ class Exchange:
     ratelimit: Decision | None = None  # the limiter's answer: the x-ratelimit-* headers come from it
     charge: Charge | None = None  # what was taken, to settle once the real usage is known
     reserved_tokens: int = 0
-    leases: list[Lease] = field(default_factory=list)
+    leases: dict[str, Lease] = field(default_factory=dict)  # held slots: `key`, `agent`
     limited: str | None = None  # the kind of gateway limit that refused it: rate, quota, concurrency, cooldown
     queued: bool = False  # it waited for a concurrency slot
     session_id: str | None = None

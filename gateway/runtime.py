@@ -105,7 +105,6 @@ class Runtime:
             store,
             defaults=Defaults(settings.rate_limit_requests_per_minute),
             queue_timeout=settings.queue_timeout,
-            default_max_tokens=settings.default_max_tokens,
             trusted_proxies=settings.trusted_proxies,
         )
         self.reloader = Reloader(

@@ -2,9 +2,9 @@
 and schemathesis over the admin OpenAPI document, against real gateway processes (one on the embedded store, one
 with keys, limits and sessions in a real Redis) in front of the real test upstream.
 
-Whatever it sent, a client must see no 500, every error in the OpenAI shape, every stream end in `[DONE]` or an
-error event, no secret; and the gateway must be healthy afterwards (ready, no stream left open, no traceback in its
-log, a plain request still answered).
+Whatever it sent, a client must see no 500, every error in the OpenAI shape, every stream end as its API ends one
+or with an error event, no secret; and the gateway must be healthy afterwards (ready, no stream left open, no
+traceback in its log, a plain request still answered).
 
 Bounded for CI by default (a fixed seed, so every CI run tries the same cases). A longer run explores new cases each
 time, e.g. `FUZZ_EXAMPLES=5000 scripts/test tests/test_fuzz.py` (docs/testing.md).

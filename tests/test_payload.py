@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest, ValidationFailed
 from gateway.protocols.jsonbody import MAX_DEPTH, ORJSON_WRITE_DEPTH, check_depth, parse
-from gateway.protocols.openai.payload import Endpoint, check, model_of, prepare, wants_stream
+from gateway.protocols.openai.payload import Endpoint, Outbound, check, model_of, outbound, wants_stream
 
 
 def make_agent(llm: dict[str, Any] | None = None, **fields: Any) -> Agent:
@@ -25,6 +26,7 @@ def chat(*messages: Any, **fields: Any) -> dict[str, Any]:
 
 
 USER = {"role": "user", "content": "hi"}
+ASSISTANT = {"role": "assistant", "content": "hello"}
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,10 @@ def test_a_stream_flag_that_is_not_a_boolean_is_a_bad_request(stream: Any) -> No
         wants_stream({"stream": stream})
 
     assert info.value.param == "stream"
+
+
+def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str, Any]:
+    return outbound(endpoint, body, agent, stream=False, default_max_tokens=1024).body
 
 
 @pytest.mark.parametrize("endpoint", list(Endpoint))
@@ -203,9 +209,9 @@ def test_a_message_that_is_not_an_object_is_a_bad_request_naming_its_index() -> 
 def test_responses_instructions_get_the_system_prompt_prepended() -> None:
     body = {"model": "bot", "input": "hi", "instructions": "Be brief."}
 
-    prepare(Endpoint.RESPONSES, body, make_agent(system_prompt="You are bot."))
+    sent = prepare(Endpoint.RESPONSES, body, make_agent(system_prompt="You are bot."))
 
-    assert body["instructions"] == "You are bot.\n\nBe brief."
+    assert sent["instructions"] == "You are bot.\n\nBe brief."
 
 
 def test_responses_without_instructions_get_the_system_prompt_as_instructions() -> None:
@@ -368,3 +374,67 @@ def test_an_output_limit_of_at_least_one_or_null_passes(value: Any) -> None:
 
 def test_embeddings_have_no_output_limit_to_check() -> None:
     check(Endpoint.EMBEDDINGS, {"model": "bot", "input": "hi", "max_tokens": -1})
+
+
+def test_the_clients_body_is_never_changed() -> None:
+    body = chat({"role": "system", "content": "Be brief."}, USER, session_id="s-1", stream=True)
+    before = copy.deepcopy(body)
+    agent = make_agent({"temperature": 0.3, "max_tokens": 50}, system_prompt="You are bot.")
+
+    sent = outbound(Endpoint.CHAT, body, agent, stream=True, default_max_tokens=1024, history=[ASSISTANT]).body
+
+    assert body == before
+    assert sent["messages"] == [{"role": "system", "content": "You are bot."}, ASSISTANT, *before["messages"]]
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+def test_the_output_limit_is_the_requests_own_else_the_default_and_is_held_to_the_agents_ceiling() -> None:
+    plain = make_agent()
+    assert (
+        outbound(Endpoint.CHAT, chat(USER, max_tokens=7), plain, stream=False, default_max_tokens=99).output_tokens == 7
+    )
+    assert outbound(Endpoint.CHAT, chat(USER), plain, stream=False, default_max_tokens=99).output_tokens == 99
+    assert outbound(Endpoint.EMBEDDINGS, {"input": "x"}, plain, stream=False, default_max_tokens=99).output_tokens == 0
+
+    clamp = make_agent(limits={"max_tokens_per_request": 5, "over_max_tokens": "clamp"})
+    clamped = outbound(Endpoint.CHAT, chat(USER, max_tokens=50), clamp, stream=False, default_max_tokens=99)
+    assert (clamped.output_tokens, clamped.body["max_tokens"]) == (5, 5)
+    unstated = outbound(Endpoint.RESPONSES, {"input": "x"}, clamp, stream=False, default_max_tokens=99)
+    assert (unstated.output_tokens, unstated.body["max_output_tokens"]) == (5, 5)
+
+    refuse = make_agent(limits={"max_tokens_per_request": 5})
+    with pytest.raises(BadRequest) as info:
+        outbound(Endpoint.CHAT, chat(USER, max_completion_tokens=6), refuse, stream=False, default_max_tokens=99)
+    assert info.value.param == "max_completion_tokens"
+    assert outbound(Endpoint.CHAT, chat(USER), refuse, stream=False, default_max_tokens=99).output_tokens == 5
+
+
+def test_the_gateway_asks_for_stream_usage_only_where_the_client_did_not() -> None:
+    asked = outbound(Endpoint.CHAT, chat(USER, stream_options={"other": 1}), make_agent(), stream=True,
+                     default_max_tokens=9)  # fmt: skip
+    assert asked.hide_usage
+    assert asked.body["stream_options"] == {"other": 1, "include_usage": True}
+    own = chat(USER, stream_options={"include_usage": True})
+    assert not outbound(Endpoint.CHAT, own, make_agent(), stream=True, default_max_tokens=9).hide_usage
+    assert not outbound(Endpoint.RESPONSES, {"input": "x"}, make_agent(), stream=True, default_max_tokens=9).hide_usage
+    assert not outbound(Endpoint.CHAT, chat(USER), make_agent(), stream=False, default_max_tokens=9).hide_usage
+
+
+def test_an_agent_that_cannot_stream_gets_a_whole_request_to_replay() -> None:
+    agent = make_agent({"supports_streaming": False})
+
+    sent = outbound(Endpoint.CHAT, chat(USER, stream=True), agent, stream=True, default_max_tokens=9)
+
+    assert (sent.simulated, sent.stream, sent.body["stream"]) == (True, False, False)
+    assert "stream_options" not in sent.body
+    with pytest.raises(BadRequest, match="does not stream"):
+        outbound(Endpoint.EMBEDDINGS, {"input": "x", "stream": True}, agent, stream=True, default_max_tokens=9)
+
+
+def test_each_target_gets_its_own_model_name() -> None:
+    targets = [{"base_url": "http://a", "model": "m-a"}, {"base_url": "http://b", "model": "m-b"}]
+    agent = make_agent({"provider": "openai-compatible", "targets": targets})
+    sent: Outbound = outbound(Endpoint.CHAT, chat(USER), agent, stream=False, default_max_tokens=9)
+
+    assert [sent.for_target(t)["model"] for t in agent.targets] == ["m-a", "m-b"]
+    assert sent.body["model"] == "m-a"  # the first target's, unchanged by the second's

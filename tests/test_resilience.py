@@ -55,6 +55,15 @@ agents:
   - name: backup
     llm: {{provider: openai-compatible, model: backup-model, base_url: "{good}/v1"}}
     system_prompt: "You are the backup."
+  - name: capped
+    llm: {{provider: openai-compatible, model: primary-model, base_url: "{bad}/v1"}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
+    fallbacks: [capped-backup]
+  - name: capped-backup
+    llm: {{provider: openai-compatible, model: backup-model, base_url: "{good}/v1"}}
+    limits: {{max_tokens_per_request: 5, over_max_tokens: clamp}}
+    rate_limit: {{enabled: true, requests_per_minute: 1}}
   - name: impatient
     llm:
       provider: openai-compatible
@@ -199,6 +208,20 @@ def test_a_fallback_agent_answers_when_every_target_fails(
     assert body["model"] == "backup-model"
     assert body["messages"][0] == {"role": "system", "content": "You are the backup."}
     assert metric(resilient, "gateway_fallbacks_total", from_agent="primary", to_agent="backup") >= 1
+
+
+def test_a_fallback_agent_is_admitted_by_its_own_limits(client: openai.OpenAI, upstream: Process) -> None:
+    headers = behave()
+    raw = client.chat.completions.with_raw_response.create(
+        model="capped", messages=USER, max_tokens=500, extra_headers=headers
+    )
+    assert raw.headers["x-gateway-agent"] == "capped-backup"
+    assert seen_upstream(upstream, headers["x-request-id"])["body"]["max_tokens"] == 5  # the backup's own clamp
+    # Charged to its own bucket (one request a minute): the next fallback is refused by it and skipped, and the
+    # client hears the primary's failure.
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.with_raw_response.create(model="capped", messages=USER)
+    assert failed.value.response.headers["x-gateway-agent"] == "capped"
 
 
 def test_no_first_byte_in_time_is_retried_then_a_504(client: openai.OpenAI, upstream: Process) -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.protocols.openai.payload import Endpoint
-from gateway.protocols.openai.usage import StreamMeter, Usage, ask_for_stream_usage, estimate_prompt_tokens, from_body
+from gateway.protocols.openai.usage import StreamMeter, Usage, estimate_prompt_tokens, from_body
 
 
 def chunk(content: str | None = None, *, usage: object = "absent", choices: bool = True) -> bytes:
@@ -31,14 +30,6 @@ def test_usage_counts_that_no_counter_can_take_read_as_no_usage() -> None:
         assert from_body({"usage": {"prompt_tokens": odd, "completion_tokens": 4}}) is None
         assert from_body({"usage": {"prompt_tokens": 4, "completion_tokens": odd}}) is None
     assert from_body({"usage": {"prompt_tokens": 0, "completion_tokens": 10**12}}) == Usage(0, 10**12)
-
-
-def test_the_gateway_asks_for_stream_usage_only_where_the_client_did_not() -> None:
-    body: dict[str, object] = {"stream_options": {"other": 1}}
-    assert ask_for_stream_usage(Endpoint.CHAT, body) is True
-    assert body["stream_options"] == {"other": 1, "include_usage": True}
-    assert ask_for_stream_usage(Endpoint.CHAT, {"stream_options": {"include_usage": True}}) is False
-    assert ask_for_stream_usage(Endpoint.RESPONSES, {}) is False
 
 
 def test_hidden_usage_leaves_exactly_the_stream_openai_would_have_sent() -> None:

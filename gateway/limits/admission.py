@@ -11,21 +11,19 @@ from typing import Any
 
 from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
-from gateway.errors import BadRequest, QuotaExceeded, RateLimited
+from gateway.errors import QuotaExceeded, RateLimited
 from gateway.exchange import Exchange
 from gateway.limits.buckets import Charge, bounded
 from gateway.limits.concurrency import Slots
 from gateway.limits.limiter import Limiter
 from gateway.limits.policy import Defaults, charge_for, client_address, key_quotas
 from gateway.protocols.openai import usage
-from gateway.protocols.openai.payload import Endpoint
+from gateway.protocols.openai.payload import Outbound
 from gateway.store.base import Store
 
 logger = logging.getLogger("gateway.guard")
 
 DEFAULT_COOLDOWN = 60.0
-# Where the requested output limit lives, per endpoint, after the agent's defaults were applied.
-_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 class Guard:
@@ -38,7 +36,6 @@ class Guard:
         *,
         defaults: Defaults,
         queue_timeout: float,
-        default_max_tokens: int,
         trusted_proxies: Sequence[str],
     ) -> None:
         self.limiter = limiter
@@ -46,7 +43,6 @@ class Guard:
         self._seeded: set[str] = set()  # quota counters this process has started from recorded usage
         self._defaults = defaults
         self._queue_timeout = queue_timeout
-        self._default_max_tokens = default_max_tokens
         self._trusted = tuple(trusted_proxies)
         self._slots = Slots()
         self._settling: set[asyncio.Task[None]] = set()
@@ -55,39 +51,67 @@ class Guard:
         self._cooling: dict[str, float] = {}
 
     async def admit(
-        self,
-        exchange: Exchange,
-        *,
-        key: KeyRecord | None,
-        agent: Agent,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        scope: Mapping[str, Any],
+        self, exchange: Exchange, *, key: KeyRecord | None, agent: Agent, outbound: Outbound, scope: Mapping[str, Any]
     ) -> None:
         """Check and take; on success the exchange holds what `finish` must give back or settle."""
         self._check_cooldown(exchange, key)
-        output = self._output_limit(agent, endpoint, body)
+        client = None if key is not None else client_address(scope, self._trusted)
+        await self._take(exchange, key, agent, outbound, client=client, first=True)
+
+    async def admit_fallback(
+        self, exchange: Exchange, *, key: KeyRecord | None, agent: Agent, outbound: Outbound
+    ) -> None:
+        """Move the request to a fallback agent, admitted by its own limits as the first agent was: what the agent
+        before it held is given back (its token reservation, since it answered nothing; its slot), then the
+        fallback's slot, buckets and the key's tokens are taken. The key's request count is not taken again: it is
+        still the one request."""
+        agent_lease = exchange.leases.pop("agent", None)
+        if agent_lease is not None:
+            agent_lease.release()
+        if exchange.charge is not None and exchange.reserved_tokens:
+            self._settle_later(exchange.charge, -exchange.reserved_tokens)
+        exchange.charge, exchange.reserved_tokens = None, 0
+        await self._take(exchange, key, agent, outbound, client=None, first=False)
+
+    async def _take(
+        self,
+        exchange: Exchange,
+        key: KeyRecord | None,
+        agent: Agent,
+        outbound: Outbound,
+        *,
+        client: str | None,
+        first: bool,
+    ) -> None:
         # Only token buckets and quotas need the estimate; most requests skip walking their messages.
         counts_tokens = key is not None and bool(
             key.limits.tpm or key.quotas.tokens_per_day or key.quotas.tokens_per_month
         )
-        prompt = usage.estimate_prompt_tokens(body) if counts_tokens else 0
-        tokens = prompt + output if counts_tokens else 0
-        await self._hold_slots(exchange, key, agent)
-        client = None if key is not None else client_address(scope, self._trusted)
+        prompt = usage.estimate_prompt_tokens(outbound.body) if counts_tokens else 0
+        tokens = prompt + outbound.output_tokens if counts_tokens else 0
+        await self._hold_slots(exchange, key, agent, first=first)
         now = datetime.now(UTC)
         charge = charge_for(
-            key, agent, client=client, tokens=tokens, prompt_tokens=prompt, now=now, defaults=self._defaults
+            key,
+            agent,
+            client=client,
+            tokens=tokens,
+            prompt_tokens=prompt,
+            now=now,
+            defaults=self._defaults,
+            count_request=first,
         )
         if not charge.buckets and not charge.quotas:
             return
         if key is not None:
             await self._seed_quotas(key, charge)
         decision = await self.limiter.take(charge)
-        exchange.ratelimit = decision
+        if first:  # the headers: the first agent's, which hold the key's request bucket
+            exchange.ratelimit = decision
         if not decision.allowed:
-            exchange.limited = "quota" if decision.quota is not None else "rate"
-            self._note_refusal(key)
+            if first:  # a fallback refused is skipped (dispatcher.py): not this request's answer
+                exchange.limited = "quota" if decision.quota is not None else "rate"
+                self._note_refusal(key)
             if decision.quota is not None:
                 resets = datetime.fromtimestamp(decision.quota.resets_at, UTC).isoformat().replace("+00:00", "Z")
                 raise QuotaExceeded(
@@ -101,48 +125,26 @@ class Guard:
         exchange.charge = charge
         exchange.reserved_tokens = charge.tokens  # what was taken, bounded: settling corrects exactly that
 
-    def _output_limit(self, agent: Agent, endpoint: Endpoint, body: dict[str, Any]) -> int:
-        """The output tokens to reserve: the request's own limit, else the gateway's default; checked (or clamped)
-        against the agent's `max_tokens_per_request`."""
-        if endpoint is Endpoint.EMBEDDINGS:
-            return 0
-        # payload.check refused anything but whole numbers of at least 1 (booleans are ints to isinstance).
-        field = next((f for f in _OUTPUT_FIELDS if type(body.get(f)) is int), None)
-        requested: int = body[field] if field is not None else self._default_max_tokens
-        ceiling = agent.spec.limits.max_tokens_per_request
-        clamp = agent.spec.limits.over_max_tokens == "clamp"
-        if ceiling is not None and field is None and clamp:
-            # A request that states no limit gets the ceiling as its limit, so the answer cannot exceed it.
-            body["max_output_tokens" if endpoint is Endpoint.RESPONSES else "max_tokens"] = ceiling
-            return ceiling
-        if ceiling is not None and field is not None and requested > ceiling:
-            if clamp:
-                body[field] = ceiling
-                return ceiling
-            raise BadRequest(
-                f"`{field}` is {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request.",
-                param=field,
-            )
-        return min(requested, ceiling) if ceiling is not None else requested
-
-    async def _hold_slots(self, exchange: Exchange, key: KeyRecord | None, agent: Agent) -> None:
+    async def _hold_slots(self, exchange: Exchange, key: KeyRecord | None, agent: Agent, *, first: bool) -> None:
+        """The key's slot (the first agent only: a fallback serves the same request) and the agent's."""
         wanted = []
-        if key is not None and key.limits.max_concurrent:
-            wanted.append((f"key:{key.id}", key.limits.max_concurrent, "concurrent requests of this key"))
+        if first and key is not None and key.limits.max_concurrent:
+            wanted.append(("key", f"key:{key.id}", key.limits.max_concurrent, "concurrent requests of this key"))
         if agent.spec.limits.max_concurrent_requests:
-            wanted.append((f"agent:{agent.name}", agent.spec.limits.max_concurrent_requests,
+            wanted.append(("agent", f"agent:{agent.name}", agent.spec.limits.max_concurrent_requests,
                            f"concurrent requests of `{agent.name}`"))  # fmt: skip
-        for name, limit, label in wanted:
+        for holder, name, limit, label in wanted:
             exchange.queued = exchange.queued or self._slots.busy(name, limit)
             lease = await self._slots.acquire(name, limit, self._queue_timeout)
             if lease is None:
-                exchange.limited = "concurrency"
-                self._note_refusal(key)
+                if first:
+                    exchange.limited = "concurrency"
+                    self._note_refusal(key)
                 raise RateLimited(
                     f"Too many {label} (at most {limit}); none finished within {self._queue_timeout:g}s.",
                     retry_after=1.0,
                 )
-            exchange.leases.append(lease)
+            exchange.leases[holder] = lease
 
     async def _seed_quotas(self, key: KeyRecord, charge: Charge) -> None:
         """A quota counter starts from the usage already recorded for its period (before a restart, before the
@@ -189,17 +191,24 @@ class Guard:
 
     def finish(self, exchange: Exchange) -> None:
         """After the last byte: give back the slots, and settle the token charge against the real usage."""
-        for lease in exchange.leases:
+        for lease in exchange.leases.values():
             lease.release()
         exchange.leases.clear()
         charge = exchange.charge
-        if charge is None or (not any(b.kind == "tokens" for b in charge.buckets) and not charge.quotas):
+        if charge is None:
             return
         delta = _settlement(exchange)
         if delta:
-            task = asyncio.get_running_loop().create_task(self.limiter.settle(charge, delta))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._settle_later(charge, delta)
+
+    def _settle_later(self, charge: Charge, delta: int) -> None:
+        """Move a charge's token buckets and quotas by `delta` (a charge, or a refund when negative), in the
+        background: the answer does not wait for it."""
+        if not any(b.kind == "tokens" for b in charge.buckets) and not charge.quotas:
+            return
+        task = asyncio.get_running_loop().create_task(self.limiter.settle(charge, delta))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def close(self) -> None:
         if self._settling:

@@ -28,9 +28,11 @@ def charge_for(
     prompt_tokens: int,
     now: datetime,
     defaults: Defaults,
+    count_request: bool = True,
 ) -> Charge:
     """One request's charge: 1 from every request bucket, `tokens` (an estimate, settled later) from every token
-    bucket and quota."""
+    bucket and quota. Without `count_request` the caller's own request buckets (key or address) are left out: a
+    fallback agent's charge, for a request they counted already."""
     buckets: list[Bucket] = []
     quotas: list[Quota] = []
     spec = agent.spec
@@ -48,7 +50,7 @@ def charge_for(
     if key is not None:
         limits = key.limits
         key_rpm = limits.rpm or defaults.requests_per_minute
-        if key_rpm:
+        if key_rpm and count_request:
             burst = limits.rpm_burst or key_rpm
             label = "requests per minute of this key"
             buckets.append(Bucket(f"key:{key.id}:requests", "requests", key_rpm, burst, label))
@@ -56,7 +58,7 @@ def charge_for(
             burst = limits.tpm_burst or limits.tpm
             buckets.append(Bucket(f"key:{key.id}:tokens", "tokens", limits.tpm, burst, "tokens per minute of this key"))
         quotas += key_quotas(key, now)
-    elif client is not None and defaults.requests_per_minute:
+    elif client is not None and defaults.requests_per_minute and count_request:
         rpm = defaults.requests_per_minute
         buckets.append(Bucket(f"ip:{client}:requests", "requests", rpm, rpm, "requests per minute of this address"))
     return Charge(tuple(buckets), tuple(quotas), 1, tokens, prompt_tokens)

@@ -17,9 +17,10 @@ from typing import Any
 
 from gateway.config.agents import Agent, Target
 from gateway.config.routing import RoutingTable
-from gateway.errors import UpstreamError, UpstreamNotConfigured, UpstreamUnavailable
+from gateway.errors import ClientError, UpstreamError, UpstreamNotConfigured, UpstreamUnavailable
 from gateway.exchange import Exchange
 from gateway.observability.metrics import Metrics
+from gateway.protocols.openai.payload import Outbound
 from gateway.proxy.breaker import Breakers
 from gateway.upstream.http import Upstream, UpstreamRequest, UpstreamResponse
 
@@ -91,39 +92,48 @@ class Dispatcher:
         self,
         exchange: Exchange,
         agent: Agent,
+        first: Outbound,
         *,
         path: str,
-        stream: bool,
         headers: Mapping[str, str],
-        payload_for: Callable[[Agent], dict[str, Any]],
-    ) -> tuple[UpstreamResponse, Agent]:
-        """The first good answer, from `agent` or else its fallbacks in order, and the agent that gave it. When all
-        fail, the last failure: an upstream's error answer is returned (to be relayed), our own error raised."""
+        fallback: Callable[[Agent], Awaitable[Outbound]],
+    ) -> tuple[UpstreamResponse, Agent, Outbound]:
+        """The first good answer, from `agent` (sent `first`) or else its fallbacks in order, with the agent that
+        gave it and what it was sent. `fallback` prepares and admits a fallback agent; one its own limits refuse is
+        skipped. When all fail, the last failure: an upstream's error answer is returned (to be relayed), our own
+        error raised."""
         routes = self._routes()
         chain = [agent]
         for name in agent.spec.fallbacks:
-            fallback = routes.match(name)
-            if fallback is not None and fallback not in chain:
-                chain.append(fallback)
+            candidate = routes.match(name)
+            if candidate is not None and candidate not in chain:
+                chain.append(candidate)
         outcome: UpstreamResponse | Failed | None = None
+        tried, sent = agent, first
         for index, candidate in enumerate(chain):
             if index:
-                self._metrics.fell_back(chain[index - 1].name, candidate.name)
-                logger.info("model '%s' failed; falling back to '%s'", chain[index - 1].name, candidate.name)
+                try:
+                    prepared = await fallback(candidate)
+                except ClientError as exc:  # its own limits refused it, or the request is too large for it
+                    logger.info("model '%s' failed; fallback '%s' refused it: %s", tried.name, candidate.name, exc)
+                    continue
+                self._metrics.fell_back(tried.name, candidate.name)
+                logger.info("model '%s' failed; falling back to '%s'", tried.name, candidate.name)
                 exchange.requested_agent = agent.name
                 exchange.agent = candidate.name
-            request = UpstreamRequest(candidate, candidate.primary, path, payload_for(candidate), stream, headers)
-            outcome = await self._attempts(exchange, request)
+                tried, sent = candidate, prepared
+            outcome = await self._attempts(exchange, candidate, sent, path, headers)
             if not isinstance(outcome, Failed):
-                return outcome, candidate
+                return outcome, candidate, sent
         assert isinstance(outcome, Failed)
         if isinstance(outcome.last, UpstreamError):
             raise outcome.last
-        return outcome.last, chain[-1]
+        return outcome.last, tried, sent
 
-    async def _attempts(self, exchange: Exchange, first: UpstreamRequest) -> UpstreamResponse | Failed:
-        """Up to 1 + `retries` calls on the agent's targets; `first` says what to send (its target is chosen here)."""
-        agent, payload = first.agent, first.payload
+    async def _attempts(
+        self, exchange: Exchange, agent: Agent, sent: Outbound, path: str, headers: Mapping[str, str]
+    ) -> UpstreamResponse | Failed:
+        """Up to 1 + `retries` calls on the agent's targets, each sent `sent` with the target's model."""
         upstream = self._upstream_for(agent.provider)
         if all(target.missing_key for target in agent.targets):
             return Failed(_not_configured(agent))
@@ -137,9 +147,7 @@ class Dispatcher:
             tried.append(target)
             exchange.target = target.name
             exchange.attempts += 1
-            if agent.provider != "mock":
-                payload["model"] = target.upstream_model
-            request = UpstreamRequest(agent, target, first.path, payload, first.stream, first.headers)
+            request = UpstreamRequest(agent, target, path, sent.for_target(target), sent.stream, headers)
             result, wait = await self._attempt(exchange, upstream, request)
             if not isinstance(result, (UpstreamError, BufferedResponse)):
                 return result

@@ -23,7 +23,7 @@ from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
 from gateway.protocols import jsonbody
 from gateway.protocols.openai import payload, simulate, usage
-from gateway.protocols.openai.payload import Endpoint
+from gateway.protocols.openai.payload import REPLAYABLE, Endpoint
 from gateway.proxy.dispatcher import Dispatcher
 from gateway.proxy.relay import StreamRelay
 from gateway.sessions.assembly import reply_from_completion
@@ -32,8 +32,6 @@ from gateway.upstream.http import UpstreamResponse, forward_headers
 
 JSON = "application/json"
 SSE = "text/event-stream"
-# The endpoints whose whole answer can be replayed as the stream a client asked for.
-REPLAYABLE = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
 
 class Proxy:
@@ -48,6 +46,7 @@ class Proxy:
         *,
         metrics: Metrics,
         max_body_bytes: int,
+        default_max_tokens: int,
     ) -> None:
         self._metrics = metrics
         self._routes = routes
@@ -55,6 +54,7 @@ class Proxy:
         self._guard = guard
         self._sessions = sessions
         self._max_body_bytes = max_body_bytes
+        self._default_max_tokens = default_max_tokens
 
     async def forward(self, request: Request, endpoint: Endpoint) -> Response:
         body = jsonbody.parse(await read_body(request, self._max_body_bytes))
@@ -70,50 +70,42 @@ class Proxy:
         agent = agent_for(self._routes(), key, model)
         exchange.agent = agent.name
         turn = await self._continue_session(request, endpoint, body, agent, key)
-        # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks.
-        simulated = stream and not agent.streams
-        if simulated and endpoint not in REPLAYABLE:
-            raise BadRequest(f"Model `{agent.name}` does not stream on /v1{endpoint.path}.", param="stream")
-        # Fallback agents get the client's body prepared for them; copied only when there may be one.
-        original = payload.copy_body(body) if agent.spec.fallbacks else None
-        upstream_body = payload.prepare(endpoint, body, agent)
-        await self._guard.admit(
-            exchange, key=key, agent=agent, endpoint=endpoint, body=upstream_body, scope=request.scope
-        )
-        hide_usage = stream and usage.ask_for_stream_usage(endpoint, upstream_body)
+        history = turn.history if turn is not None else ()
 
-        def payload_for(candidate: Agent) -> dict[str, Any]:
-            if candidate is agent or original is None:
-                prepared = upstream_body
-            else:
-                prepared = payload.prepare(endpoint, payload.copy_body(original), candidate)
-                if stream:
-                    usage.ask_for_stream_usage(endpoint, prepared)
-            if simulated:
-                prepared["stream"] = False
-                prepared.pop("stream_options", None)
+        def prepare(candidate: Agent) -> payload.Outbound:
+            return payload.outbound(
+                endpoint, body, candidate, stream=stream, default_max_tokens=self._default_max_tokens, history=history
+            )
+
+        async def fallback(candidate: Agent) -> payload.Outbound:
+            """What a fallback agent gets, once it is admitted by its own limits as the first agent was."""
+            prepared = prepare(candidate)
+            await self._guard.admit_fallback(exchange, key=key, agent=candidate, outbound=prepared)
             return prepared
 
+        first = prepare(agent)
+        await self._guard.admit(exchange, key=key, agent=agent, outbound=first, scope=request.scope)
         # From here until the answer starts, a client that leaves cancels the work (a stream's relay watches the
         # client itself from its first event on).
         watch = DisconnectWatch(request.receive)
         try:
-            response, answered = await self._dispatcher.send(
+            response, answered, sent = await self._dispatcher.send(
                 exchange,
                 agent,
+                first,
                 path=endpoint.path,
-                stream=stream and not simulated,
                 headers=forward_headers(request.scope["headers"], exchange.request_id),
-                payload_for=payload_for,
+                fallback=fallback,
             )
-            # A stream asked and a whole answer given (an upstream that does not stream ignored `stream`) is
-            # replayed as a simulated stream: relayed as it is, the SDK would read it as an empty stream.
+            # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks; so is
+            # a whole answer to a stream request (an upstream that ignored `stream`): relayed as it is, the SDK
+            # would read it as an empty stream.
             whole = stream and response.status < 300 and response.content_type != SSE and endpoint in REPLAYABLE
-            if simulated or whole:
+            if sent.simulated or whole:
                 response = await simulate.replay(response, endpoint, answered.streaming)
             if stream and response.status < 300 and response.content_type == SSE:
-                meter = usage.StreamMeter(hide_usage=hide_usage)
-                prompt_estimate = usage.estimate_prompt_tokens(upstream_body)
+                meter = usage.StreamMeter(hide_usage=sent.hide_usage)
+                prompt_estimate = usage.estimate_prompt_tokens(sent.body)
                 relay = StreamRelay(
                     response,
                     meter,
@@ -136,7 +128,7 @@ class Proxy:
     async def _continue_session(
         self, request: Request, endpoint: Endpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
     ) -> Turn | None:
-        """The session the request names, if any: its history goes in front of the client's messages."""
+        """The session the request names, if any: its history goes in front of the client's messages upstream."""
         session_id = requested_id(request.scope["headers"], body)
         if session_id is None:
             return None
@@ -148,7 +140,6 @@ class Proxy:
         exchange.session_id = turn.session.id
         exchange.session_storage = turn.storage
         turn.new_messages = list(messages)
-        body["messages"] = [*turn.history, *messages]
         return turn
 
 

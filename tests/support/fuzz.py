@@ -348,13 +348,18 @@ def check_answer(request: Request, status: int, headers: Mapping[str, str], cont
         json.loads(content)  # whole JSON, or it raises
 
 
+RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+
+
 def check_stream(text: str, what: str) -> None:
-    """Every event whole JSON; the stream ends with `[DONE]` or with an error event, never just stops."""
+    """Every event whole JSON; the stream ends as its API ends one, or with an error event, never just stops."""
     data = [line[len("data:") :].strip() for line in text.split("\n") if line.startswith("data:")]
     assert data, f"an empty stream for {what}"
     for item in data:
         if item != "[DONE]":
             json.loads(item)
     last = data[-1]
-    ended = last == "[DONE]" or "error" in json.loads(last)
+    event = json.loads(last) if last != "[DONE]" else {}
+    # Chat and completions end with [DONE], the Responses API with its terminal event; a failure with an error.
+    ended = last == "[DONE]" or "error" in event or event.get("type") in RESPONSES_ENDS
     assert ended, f"a stream that just stops for {what}: {text[-300:]}"

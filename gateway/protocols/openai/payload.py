@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.agents import Agent
+from gateway.config.agents import Agent, Target
 from gateway.errors import BadRequest
 from gateway.protocols.jsonbody import json_type
 
@@ -31,6 +33,8 @@ class Endpoint(enum.Enum):
         return self in (Endpoint.CHAT, Endpoint.COMPLETIONS)
 
 
+# The endpoints whose whole answer can be replayed as the stream a client asked for.
+REPLAYABLE = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 # Per endpoint: which agent defaults apply, and under which body field (the Responses API names it differently).
 _DEFAULT_FIELDS: dict[Endpoint, dict[str, str]] = {
     Endpoint.CHAT: {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens"},
@@ -41,6 +45,8 @@ _DEFAULT_FIELDS: dict[Endpoint, dict[str, str]] = {
 # A client that sets any of these has chosen its output limit (OpenAI rejects max_tokens beside the newer name).
 _OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _OUTPUT_LIMIT_FIELDS = frozenset(_OUTPUT_LIMITS)
+# Which of them sets the reservation when several are sent (OpenAI itself refuses max_tokens beside the newer one).
+_RESERVED_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # The roles OpenAI's chat API accepts, in the order its own error message lists them.
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _ROLES = frozenset(ROLES)
@@ -91,36 +97,101 @@ def check(endpoint: Endpoint, body: dict[str, Any]) -> None:
                 _check_output_limit(name, body[name])
 
 
-def copy_body(body: dict[str, Any]) -> dict[str, Any]:
-    """A copy `prepare` can rewrite without touching `body`: it sets top-level fields and inserts into `messages`."""
-    copied = dict(body)
-    if isinstance(copied.get("messages"), list):
-        copied["messages"] = list(copied["messages"])
-    return copied
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What goes to one agent's upstream, and what admission, the relay and metering need to know of it."""
+
+    body: dict[str, Any]
+    output_tokens: int  # the output limit, reserved against token limits (0 for embeddings)
+    stream: bool  # whether the upstream is asked to stream
+    simulated: bool  # the client asked for a stream the agent cannot give: a whole answer, replayed as one
+    hide_usage: bool  # the stream's usage was asked for by the gateway, not the client: it is taken out again
+
+    def for_target(self, target: Target) -> dict[str, Any]:
+        """The body for one attempt on `target`, which may name its own model."""
+        if self.body.get("model") == target.upstream_model:
+            return self.body
+        return {**self.body, "model": target.upstream_model}
 
 
-def prepare(endpoint: Endpoint, body: dict[str, Any], agent: Agent) -> dict[str, Any]:
-    """Rewrite the client's body for the agent's upstream (in place, and returned)."""
+def outbound(
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    agent: Agent,
+    *,
+    stream: bool,
+    default_max_tokens: int,
+    history: Sequence[dict[str, Any]] = (),
+) -> Outbound:
+    """The client's `body` rewritten for `agent`'s upstream, in one place and without touching `body`: fields only
+    the gateway reads taken out, the upstream model, the agent's defaults, its system prompt and the session's
+    `history` in front of the client's messages, the output limit held to the agent's ceiling (clamped, or refused
+    with 400), and a stream's usage asked for. A fallback agent gets its own, from the same client body."""
+    out = dict(body)
     for name in GATEWAY_FIELDS:
-        body.pop(name, None)
-    body["model"] = agent.upstream_model
+        out.pop(name, None)
+    out["model"] = agent.upstream_model
     fields = _DEFAULT_FIELDS[endpoint]
-    limit_chosen = not _OUTPUT_LIMIT_FIELDS.isdisjoint(body)
+    limit_chosen = not _OUTPUT_LIMIT_FIELDS.isdisjoint(out)
     for name, value in agent.defaults.items():
         target = fields.get(name, name if endpoint is not Endpoint.EMBEDDINGS else None)
-        if target is None or target in body or (target in _OUTPUT_LIMIT_FIELDS and limit_chosen):
+        if target is None or target in out or (target in _OUTPUT_LIMIT_FIELDS and limit_chosen):
             continue
-        body[target] = value
+        out[target] = value
     if endpoint is Endpoint.CHAT:
-        _checked_messages(body)
-        if agent.system_prompt:
-            body["messages"].insert(0, {"role": "system", "content": agent.system_prompt})
+        system = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+        out["messages"] = [*system, *history, *_checked_messages(body)]
     elif endpoint is Endpoint.RESPONSES and agent.system_prompt:
-        instructions = body.get("instructions")
+        instructions = out.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
             raise BadRequest("`instructions` must be a string.", param="instructions")
-        body["instructions"] = agent.system_prompt + (f"\n\n{instructions}" if instructions else "")
-    return body
+        out["instructions"] = agent.system_prompt + (f"\n\n{instructions}" if instructions else "")
+    output_tokens = _output_limit(endpoint, out, agent, default_max_tokens)
+    simulated = stream and not agent.streams
+    if simulated and endpoint not in REPLAYABLE:
+        raise BadRequest(f"Model `{agent.name}` does not stream on /v1{endpoint.path}.", param="stream")
+    hide_usage = stream and _ask_for_stream_usage(endpoint, out)
+    if simulated:
+        out["stream"] = False
+        out.pop("stream_options", None)
+    return Outbound(out, output_tokens, stream and not simulated, simulated, hide_usage)
+
+
+def _output_limit(endpoint: Endpoint, body: dict[str, Any], agent: Agent, default: int) -> int:
+    """The output tokens to reserve: the request's own limit, else `default`; held to the agent's
+    `max_tokens_per_request` (clamped in `body`, or refused)."""
+    if endpoint is Endpoint.EMBEDDINGS:
+        return 0
+    # check() refused anything but whole numbers of at least 1 (booleans are ints to isinstance).
+    field = next((f for f in _RESERVED_FIELDS if type(body.get(f)) is int), None)
+    requested: int = body[field] if field is not None else default
+    ceiling = agent.spec.limits.max_tokens_per_request
+    clamp = agent.spec.limits.over_max_tokens == "clamp"
+    if ceiling is not None and field is None and clamp:
+        # A request that states no limit gets the ceiling as its limit, so the answer cannot exceed it.
+        body["max_output_tokens" if endpoint is Endpoint.RESPONSES else "max_tokens"] = ceiling
+        return ceiling
+    if ceiling is not None and field is not None and requested > ceiling:
+        if clamp:
+            body[field] = ceiling
+            return ceiling
+        raise BadRequest(
+            f"`{field}` is {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request.",
+            param=field,
+        )
+    return min(requested, ceiling) if ceiling is not None else requested
+
+
+def _ask_for_stream_usage(endpoint: Endpoint, body: dict[str, Any]) -> bool:
+    """Make a chat or completions stream report usage; True when the client had not asked (so the usage chunk
+    and the `"usage": null` OpenAI then adds to every chunk must be taken out again)."""
+    if endpoint not in REPLAYABLE:
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
 
 
 def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ import orjson
 
 from gateway.limits.buckets import MAX_TOKENS
 from gateway.protocols import sse
-from gateway.protocols.openai.payload import Endpoint
 
 # Mean characters per token of English text with OpenAI's tokenizers: good enough for estimates.
 CHARS_PER_TOKEN = 4
@@ -69,18 +68,6 @@ def _is_count(value: Any) -> TypeGuard[int]:
     """A token count settlement and the usage store can take: a whole number from 0 to `MAX_TOKENS`. Anything else
     (negative, a boolean, beyond 64 bits) reads as no count at all, and the reservation is kept."""
     return type(value) is int and 0 <= value <= MAX_TOKENS
-
-
-def ask_for_stream_usage(endpoint: Endpoint, body: dict[str, Any]) -> bool:
-    """Make a chat or completions stream report usage; True when the client had not asked (so the usage chunk
-    and the `"usage": null` OpenAI then adds to every chunk must be taken out again)."""
-    if endpoint not in (Endpoint.CHAT, Endpoint.COMPLETIONS):
-        return False
-    options = body.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return False
-    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return True
 
 
 class StreamMeter:
