@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -13,6 +14,7 @@ from starlette.applications import Starlette
 from gateway import __version__
 from gateway.accounting import Accountant
 from gateway.auth.authenticator import Authenticator, AuthMode, is_loopback, resolve_mode
+from gateway.config.providers import PROVIDERS
 from gateway.config.reload import Reloader
 from gateway.config.routing import ConfigError, RoutingTable, load_routes
 from gateway.errors import InvalidConfig
@@ -20,7 +22,6 @@ from gateway.limits.admission import Guard
 from gateway.limits.limiter import Limiter, MemoryLimiter
 from gateway.limits.policy import Defaults
 from gateway.observability.metrics import Metrics
-from gateway.protocols.mock import MockUpstream
 from gateway.proxy.dispatcher import Dispatcher
 from gateway.sessions.service import Sessions
 from gateway.settings import Settings
@@ -86,7 +87,7 @@ class Runtime:
         self.environ = environ
         self.routes = routes
         self.http: HTTPUpstream | None = None
-        self.upstreams = {"mock": MockUpstream(), **upstreams}
+        self.upstreams = dict(upstreams)  # by provider name: the injected ones, then in-process ones as first used
         self.store = store
         self.authenticator = Authenticator(store, "keys", store.cache_ttl)
         self.accountant = Accountant(store)
@@ -149,10 +150,17 @@ class Runtime:
             return "keys"
         return resolve_mode(settings.auth, admin_key_set=False, key_count=key_count, host=settings.host)
 
-    def upstream_for(self, provider: str) -> Upstream:
-        chosen = self.upstreams.get(provider)
+    def upstream_for(self, name: str) -> Upstream:
+        """How to reach the provider `name`: the shared HTTP pool, or its in-process upstream (config/providers.py)."""
+        chosen = self.upstreams.get(name)
         if chosen is not None:
             return chosen
+        known = PROVIDERS[name]
+        if known.in_process:
+            module, _, attribute = known.transport.partition(":")
+            made: Upstream = getattr(importlib.import_module(module), attribute)()
+            self.upstreams[name] = made
+            return made
         if self.http is None:
             raise RuntimeError("the upstream client is opened by the app's lifespan, which has not run")
         return self.http

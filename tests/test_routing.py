@@ -117,6 +117,19 @@ def test_a_bad_field_is_an_error_naming_the_file_and_the_field_path(tmp_path: Pa
     assert any(p.startswith(f"{path}: {field}: ") for p in problems), problems
 
 
+def test_an_unknown_provider_is_an_error_naming_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, MOCK_A + "  - name: b\n    llm: {provider: opneai, model: x}\n")
+
+    problems = problems_of(path)
+
+    assert any(
+        p.startswith(f"{path}: agents[1].llm.provider: ")
+        and "unknown provider 'opneai'" in p
+        and "openai-compatible" in p
+        for p in problems
+    ), problems
+
+
 def test_an_agent_without_llm_is_an_error_naming_that_agent(tmp_path: Path) -> None:
     path = write(tmp_path, MOCK_A + "  - name: b\n    colour: blue\n")
 

@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.auth.authenticator import AuthRefused
 from gateway.cli.completion import register as register_completion
 from gateway.cli.keys import columns, keys_app
+from gateway.config.providers import PROVIDERS
 from gateway.config.routing import ConfigError, RoutingTable, load_routes
 from gateway.observability.logs import configure_logging
 from gateway.runtime import preflight
@@ -61,6 +62,7 @@ def _settings(**overrides: Any) -> Settings:
 def route_table(routes: RoutingTable) -> str:
     """The route table as aligned text columns."""
     header = ("AGENT", "ALIASES", "PROVIDER", "UPSTREAM MODEL", "BASE URL", "FEATURES")
+    in_process = {name for name, known in PROVIDERS.items() if known.in_process}
     return columns(
         [header]
         + [
@@ -68,8 +70,8 @@ def route_table(routes: RoutingTable) -> str:
                 a.name,
                 ",".join(a.aliases) or "-",
                 a.provider,
-                a.upstream_model if a.provider != "mock" else "-",
-                a.base_url if a.provider != "mock" else "(built in)",
+                a.upstream_model if a.provider not in in_process else "-",
+                a.base_url if a.provider not in in_process else "(built in)",
                 ",".join(a.features()) or "-",
             )
             for a in routes.agents

@@ -9,15 +9,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Provider = Literal["openai", "openai-compatible", "mock"]
+from gateway.config.providers import PROVIDERS, provider
+
 Storage = Literal["memory", "redis"]
-
-DEFAULT_BASE_URLS: Mapping[str, str] = MappingProxyType({"openai": "https://api.openai.com/v1"})
-# As the OpenAI SDK does: an `openai` agent without a base_url uses OPENAI_BASE_URL when it is set.
-DEFAULT_BASE_URL_ENVS: Mapping[str, str] = MappingProxyType({"openai": "OPENAI_BASE_URL"})
-DEFAULT_KEY_ENVS: Mapping[str, str] = MappingProxyType({"openai": "OPENAI_API_KEY"})
 
 
 class Spec(BaseModel):
@@ -52,7 +48,7 @@ class TimeoutsSpec(Spec):
 
 
 class LLMSpec(Spec):
-    provider: Provider = "openai"
+    provider: str = Field(default="openai", description=f"One of {', '.join(sorted(PROVIDERS))} (config/providers.py).")
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
@@ -71,13 +67,20 @@ class LLMSpec(Spec):
     supports_streaming: bool = True
     targets: list[TargetSpec] = Field(default_factory=list, description="Several upstreams, balanced by weight.")
 
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, name: str) -> str:
+        provider(name)  # raises, naming the known ones
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> LLMSpec:
+        known = provider(self.provider)
         for index, target in enumerate(self.targets or [TargetSpec()]):
             where = f"targets[{index}]: " if self.targets else ""
-            if self.provider == "openai-compatible" and not (target.base_url or self.base_url):
-                raise ValueError(f"{where}provider 'openai-compatible' needs a base_url")
-            if self.provider != "mock" and not (target.model or self.model):
+            if known.base_url is None and not (target.base_url or self.base_url):
+                raise ValueError(f"{where}provider '{self.provider}' needs a base_url")
+            if known.needs_model and not (target.model or self.model):
                 raise ValueError(f"{where}provider '{self.provider}' needs a model")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -200,7 +203,7 @@ class Agent:
     name: str
     aliases: tuple[str, ...]
     description: str
-    provider: Provider
+    provider: str  # a name in config/providers.py
     targets: tuple[Target, ...]
     api_key_header: str
     query: Mapping[str, str]
@@ -290,7 +293,7 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
 
 
 def _compile_target(agent: str, llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
-    key_env = target.api_key_env or llm.api_key_env or DEFAULT_KEY_ENVS.get(llm.provider)
+    key_env = target.api_key_env or llm.api_key_env or provider(llm.provider).key_env
     base_url = (target.base_url or llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/")
     return Target(
         name=target.name or urlsplit(base_url).netloc or llm.provider,
@@ -313,7 +316,8 @@ def _unique_names(targets: tuple[Target, ...]) -> tuple[Target, ...]:
     return tuple(named)
 
 
-def _default_base_url(provider: str, environ: Mapping[str, str]) -> str:
-    env = DEFAULT_BASE_URL_ENVS.get(provider)
-    from_env = environ.get(env, "").strip() if env else ""
-    return from_env or DEFAULT_BASE_URLS.get(provider, "mock://")
+def _default_base_url(name: str, environ: Mapping[str, str]) -> str:
+    """As the provider's SDK does: e.g. an `openai` agent without a base_url uses OPENAI_BASE_URL when it is set."""
+    known = provider(name)
+    from_env = environ.get(known.base_url_env, "").strip() if known.base_url_env else ""
+    return from_env or known.base_url or ""
