@@ -19,6 +19,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.exchange import Exchange
+from gateway.protocols.registry import door_for
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -36,7 +37,8 @@ async def render_gateway_error(request: Request, exc: Exception) -> Response:
     exchange = request.scope.get("state", {}).get("exchange")
     if isinstance(exchange, Exchange):
         exchange.error_class = _POLICY_CLASSES.get(exchange.limited or "", exc.error_class)
-    response = Response(exc.body(), status_code=exc.status, media_type="application/json")
+    body = door_for(request.url.path).error_body(exc)  # in the wire format the client speaks
+    response = Response(body, status_code=exc.status, media_type="application/json")
     if exc.retry_after is not None:
         wait = exc.retry_after
         response.raw_headers += [(b"retry-after", str(math.ceil(wait)).encode()),

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import GatewayError, InternalError, ShuttingDown
 from gateway.exchange import CLIENT_CLOSED_REQUEST, Exchange
 from gateway.limits import buckets
-from gateway.protocols import sse
+from gateway.protocols.registry import door_for
 
 error_logger = logging.getLogger("gateway.error")
 
@@ -86,14 +86,14 @@ class RequestContextMiddleware:
                 task.uncancel()
             exchange.error_class = ShuttingDown.error_class
             await response.fail(ShuttingDown("The gateway is shutting down and cut this request short; retry it."),
-                                send_with_id)  # fmt: skip
+                                send_with_id, scope["path"])  # fmt: skip
         except Exception:
             error_logger.exception("unhandled error", extra={"request_id": exchange.request_id})
             exchange.error_class = InternalError.error_class
             # A 500 if nothing was sent yet; a stream under way ends with the error event, so that the client
             # raises rather than taking a cut-off stream for a whole one.
             error = InternalError(f"The gateway failed on this request (request id {exchange.request_id}).")
-            await response.fail(error, send_with_id)
+            await response.fail(error, send_with_id, scope["path"])
         finally:
             exchange.duration_ms = round((time.perf_counter() - started) * 1000, 3)
             for hook in self.on_complete:
@@ -141,11 +141,11 @@ class _Response:
             self.finished = not message.get("more_body", False)
         await self._send(message)
 
-    async def fail(self, error: GatewayError, start: Send) -> None:
+    async def fail(self, error: GatewayError, start: Send, path: str) -> None:
         """An error response if nothing was sent yet (`start` adds the gateway's headers); an error event that
         ends a stream already under way; nothing for a whole answer already sent."""
         if not self.started:
             await start({"type": "http.response.start", "status": error.status, "headers": [(b"content-type", JSON)]})
-            await self.send({"type": "http.response.body", "body": error.body()})
+            await self.send({"type": "http.response.body", "body": door_for(path).error_body(error)})
         elif self.streaming and not self.finished:
-            await self.send({"type": "http.response.body", "body": sse.error_event(error.payload())})
+            await self.send({"type": "http.response.body", "body": door_for(path).error_event(error)})

@@ -17,8 +17,7 @@ from gateway.limits.buckets import Charge, bounded
 from gateway.limits.concurrency import Slots
 from gateway.limits.limiter import Limiter
 from gateway.limits.policy import Defaults, charge_for, client_address, key_quotas
-from gateway.protocols.openai import usage
-from gateway.protocols.openai.payload import Outbound
+from gateway.protocols.wire import Outbound, Wire
 from gateway.store.base import Store
 
 logger = logging.getLogger("gateway.guard")
@@ -51,15 +50,22 @@ class Guard:
         self._cooling: dict[str, float] = {}
 
     async def admit(
-        self, exchange: Exchange, *, key: KeyRecord | None, agent: Agent, outbound: Outbound, scope: Mapping[str, Any]
+        self,
+        exchange: Exchange,
+        *,
+        key: KeyRecord | None,
+        agent: Agent,
+        wire: Wire,
+        outbound: Outbound,
+        scope: Mapping[str, Any],
     ) -> None:
         """Check and take; on success the exchange holds what `finish` must give back or settle."""
         self._check_cooldown(exchange, key)
         client = None if key is not None else client_address(scope, self._trusted)
-        await self._take(exchange, key, agent, outbound, client=client, first=True)
+        await self._take(exchange, key, agent, wire, outbound, client=client, first=True)
 
     async def admit_fallback(
-        self, exchange: Exchange, *, key: KeyRecord | None, agent: Agent, outbound: Outbound
+        self, exchange: Exchange, *, key: KeyRecord | None, agent: Agent, wire: Wire, outbound: Outbound
     ) -> None:
         """Move the request to a fallback agent, admitted by its own limits as the first agent was: what the agent
         before it held is given back (its token reservation, since it answered nothing; its slot), then the
@@ -71,13 +77,14 @@ class Guard:
         if exchange.charge is not None and exchange.reserved_tokens:
             self._settle_later(exchange.charge, -exchange.reserved_tokens)
         exchange.charge, exchange.reserved_tokens = None, 0
-        await self._take(exchange, key, agent, outbound, client=None, first=False)
+        await self._take(exchange, key, agent, wire, outbound, client=None, first=False)
 
     async def _take(
         self,
         exchange: Exchange,
         key: KeyRecord | None,
         agent: Agent,
+        wire: Wire,
         outbound: Outbound,
         *,
         client: str | None,
@@ -87,7 +94,7 @@ class Guard:
         counts_tokens = key is not None and bool(
             key.limits.tpm or key.quotas.tokens_per_day or key.quotas.tokens_per_month
         )
-        prompt = usage.estimate_prompt_tokens(outbound.body) if counts_tokens else 0
+        prompt = wire.prompt_estimate(outbound.body) if counts_tokens else 0
         tokens = prompt + outbound.output_tokens if counts_tokens else 0
         await self._hold_slots(exchange, key, agent, first=first)
         now = datetime.now(UTC)

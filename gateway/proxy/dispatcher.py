@@ -20,7 +20,7 @@ from gateway.config.routing import RoutingTable
 from gateway.errors import ClientError, UpstreamError, UpstreamNotConfigured, UpstreamUnavailable
 from gateway.exchange import Exchange
 from gateway.observability.metrics import Metrics
-from gateway.protocols.openai.payload import Outbound
+from gateway.protocols.wire import Outbound
 from gateway.proxy.breaker import Breakers
 from gateway.upstream.http import Upstream, UpstreamRequest, UpstreamResponse
 

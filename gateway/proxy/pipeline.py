@@ -22,8 +22,10 @@ from gateway.http import DisconnectWatch, read_body
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
 from gateway.protocols import jsonbody
-from gateway.protocols.openai import payload, simulate, usage
+from gateway.protocols.openai import payload
 from gateway.protocols.openai.payload import REPLAYABLE, Endpoint
+from gateway.protocols.registry import door_for, wire_of
+from gateway.protocols.wire import Outbound, Wire
 from gateway.proxy.dispatcher import Dispatcher
 from gateway.proxy.relay import StreamRelay
 from gateway.sessions.assembly import reply_from_completion
@@ -72,19 +74,22 @@ class Proxy:
         turn = await self._continue_session(request, endpoint, body, agent, key)
         history = turn.history if turn is not None else ()
 
-        def prepare(candidate: Agent) -> payload.Outbound:
-            return payload.outbound(
+        def prepare(candidate: Agent) -> Outbound:
+            return wire_of(candidate.provider).outbound(
                 endpoint, body, candidate, stream=stream, default_max_tokens=self._default_max_tokens, history=history
             )
 
-        async def fallback(candidate: Agent) -> payload.Outbound:
+        async def fallback(candidate: Agent) -> Outbound:
             """What a fallback agent gets, once it is admitted by its own limits as the first agent was."""
             prepared = prepare(candidate)
-            await self._guard.admit_fallback(exchange, key=key, agent=candidate, outbound=prepared)
+            wire = wire_of(candidate.provider)
+            await self._guard.admit_fallback(exchange, key=key, agent=candidate, wire=wire, outbound=prepared)
             return prepared
 
         first = prepare(agent)
-        await self._guard.admit(exchange, key=key, agent=agent, outbound=first, scope=request.scope)
+        await self._guard.admit(
+            exchange, key=key, agent=agent, wire=wire_of(agent.provider), outbound=first, scope=request.scope
+        )
         # From here until the answer starts, a client that leaves cancels the work (a stream's relay watches the
         # client itself from its first event on).
         watch = DisconnectWatch(request.receive)
@@ -100,24 +105,24 @@ class Proxy:
             # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks; so is
             # a whole answer to a stream request (an upstream that ignored `stream`): relayed as it is, the SDK
             # would read it as an empty stream.
+            wire = wire_of(answered.provider)
             whole = stream and response.status < 300 and response.content_type != SSE and endpoint in REPLAYABLE
             if sent.simulated or whole:
-                response = await simulate.replay(response, endpoint, answered.streaming)
+                response = await wire.replay(response, endpoint, answered.streaming)
             if stream and response.status < 300 and response.content_type == SSE:
-                meter = usage.StreamMeter(hide_usage=sent.hide_usage)
-                prompt_estimate = usage.estimate_prompt_tokens(sent.body)
                 relay = StreamRelay(
                     response,
-                    meter,
+                    wire.meter(hide_usage=sent.hide_usage),
                     exchange,
-                    prompt_estimate,
+                    wire.prompt_estimate(sent.body),
+                    door=door_for(request.scope["path"]),
                     ends_with_done=endpoint.ends_with_done,
                     metrics=self._metrics,
                 )
                 if turn is not None:
                     relay.keep_reply(turn)
                 return relay
-            return await buffered(response, exchange, turn)
+            return await buffered(response, exchange, wire, turn)
         except asyncio.CancelledError:
             if watch.left():
                 raise ClientDisconnect from None
@@ -143,7 +148,7 @@ class Proxy:
         return turn
 
 
-async def buffered(upstream: UpstreamResponse, exchange: Exchange, turn: Turn | None = None) -> Response:
+async def buffered(upstream: UpstreamResponse, exchange: Exchange, wire: Wire, turn: Turn | None = None) -> Response:
     """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not. A
     session's turn is stored before the answer goes out, so the client's next turn finds it."""
     began = time.perf_counter()
@@ -153,7 +158,7 @@ async def buffered(upstream: UpstreamResponse, exchange: Exchange, turn: Turn | 
     if upstream.status < 300:
         if parsed is None:
             raise UpstreamBadResponse(f"The upstream answered HTTP {upstream.status} with a body that is not JSON.")
-        counted = usage.from_body(parsed)
+        counted = wire.usage(parsed)
         if counted is not None:
             exchange.prompt_tokens = counted.prompt_tokens
             exchange.completion_tokens = counted.completion_tokens

@@ -14,7 +14,7 @@ from gateway.exchange import Exchange
 from gateway.http import wait_for_disconnect
 from gateway.observability.metrics import Metrics
 from gateway.protocols import sse
-from gateway.protocols.openai.usage import StreamMeter
+from gateway.protocols.wire import StreamMeter, Wire
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
 from gateway.upstream.http import UpstreamResponse
@@ -43,6 +43,7 @@ class StreamRelay(Response):
         exchange: Exchange,
         prompt_estimate: int,
         *,
+        door: Wire,
         ends_with_done: bool,
         metrics: Metrics,
     ) -> None:
@@ -51,6 +52,7 @@ class StreamRelay(Response):
         self.meter = meter
         self.exchange = exchange
         self.prompt_estimate = prompt_estimate
+        self.door = door  # the client's wire format: how a failure is told
         self.status_code = upstream.status
         self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS]
         self.ends_with_done = ends_with_done
@@ -184,13 +186,13 @@ class StreamRelay(Response):
         self.exchange.error_class = exc.error_class
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
+        await send({"type": "http.response.body", "body": self.door.error_body(exc), "more_body": False})
 
     async def _fail(self, send: Send, exc: GatewayError) -> None:
         """The upstream failed mid-stream: the status is sent, so the stream ends with an error event."""
         self.outcome = _outcome(exc)
         self.exchange.error_class = exc.error_class
-        await send({"type": "http.response.body", "body": sse.error_event(exc.payload()), "more_body": False})
+        await send({"type": "http.response.body", "body": self.door.error_event(exc), "more_body": False})
 
 
 def _outcome(exc: GatewayError) -> str:

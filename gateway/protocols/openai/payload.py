@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.agents import Agent, Target
+from gateway.config.agents import Agent
 from gateway.errors import BadRequest
 from gateway.protocols.jsonbody import json_type
+from gateway.protocols.wire import Outbound
 
 # Fields only the gateway reads; never sent upstream.
 GATEWAY_FIELDS = ("session_id",)
@@ -95,23 +95,6 @@ def check(endpoint: Endpoint, body: dict[str, Any]) -> None:
         for name in _OUTPUT_LIMITS:
             if name in body:
                 _check_output_limit(name, body[name])
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """What goes to one agent's upstream, and what admission, the relay and metering need to know of it."""
-
-    body: dict[str, Any]
-    output_tokens: int  # the output limit, reserved against token limits (0 for embeddings)
-    stream: bool  # whether the upstream is asked to stream
-    simulated: bool  # the client asked for a stream the agent cannot give: a whole answer, replayed as one
-    hide_usage: bool  # the stream's usage was asked for by the gateway, not the client: it is taken out again
-
-    def for_target(self, target: Target) -> dict[str, Any]:
-        """The body for one attempt on `target`, which may name its own model."""
-        if self.body.get("model") == target.upstream_model:
-            return self.body
-        return {**self.body, "model": target.upstream_model}
 
 
 def outbound(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import orjson
 
 from gateway.limits.buckets import MAX_TOKENS
 from gateway.protocols import sse
+from gateway.protocols.wire import Usage
 
 # Mean characters per token of English text with OpenAI's tokenizers: good enough for estimates.
 CHARS_PER_TOKEN = 4
@@ -18,13 +18,6 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null')
 # Generated text inside stream events: chat deltas, completions text, Responses API deltas, tool arguments.
 _GENERATED = re.compile(rb'"(?:content|text|delta|arguments|refusal)"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    estimated: bool = False
 
 
 def estimate_tokens(chars: int) -> int:

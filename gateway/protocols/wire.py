@@ -1,0 +1,93 @@
+"""The protocol seam: what a wire format does for the gateway, on either side of it. Pure: no IO.
+
+A `Wire` is one API's format (OpenAI's today). As a **front door** it says how its clients hear of a failure: the
+error body, and the event that ends a stream already under way. As an **upstream** it says what an agent's
+upstream is sent (the client's body rewritten for the agent, once per agent) and how its answers are read: usage
+from a whole answer, usage and generated text metered out of a stream, a whole answer replayed as a stream for
+clients that asked for one. The wire a request's client speaks is chosen by path (registry.door_for), the one an
+agent's upstream speaks by its provider (config/providers.py). Where the two differ, a translator between them
+goes in between (protocols/<from>_<to>.py, the next protocol's work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.config.agents import Agent, StreamingSpec, Target
+    from gateway.errors import GatewayError
+    from gateway.upstream.http import UpstreamResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one request used: the upstream's count, or the gateway's estimate (`estimated`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What goes to one agent's upstream, and what admission, the relay and metering need to know of it."""
+
+    body: dict[str, Any]
+    output_tokens: int  # the output limit, reserved against token limits (0 where nothing is generated)
+    stream: bool  # whether the upstream is asked to stream
+    simulated: bool  # the client asked for a stream the agent cannot give: a whole answer, replayed as one
+    hide_usage: bool  # the stream's usage was asked for by the gateway, not the client: it is taken out again
+
+    def for_target(self, target: Target) -> dict[str, Any]:
+        """The body for one attempt on `target`, which may name its own model."""
+        if self.body.get("model") == target.upstream_model:
+            return self.body
+        return {**self.body, "model": target.upstream_model}
+
+
+class StreamMeter(Protocol):
+    """Watches the events a relay forwards: takes out what the gateway asked for itself, keeps the usage."""
+
+    def feed(self, events: bytes) -> bytes:
+        """Account for a block of whole events; returns the block the client should get."""
+
+    def result(self, prompt_estimate: int) -> Usage:
+        """The usage to charge: the upstream's own, or an estimate from what was relayed."""
+
+
+class Wire(Protocol):
+    name: str
+
+    # As a front door.
+    def error_body(self, error: GatewayError) -> bytes:
+        """A whole error answer's body."""
+
+    def error_event(self, error: GatewayError) -> bytes:
+        """The event that ends a stream already under way with `error`, so that the client's SDK raises."""
+
+    # As an upstream.
+    def outbound(
+        self,
+        endpoint: Any,
+        body: dict[str, Any],
+        agent: Agent,
+        *,
+        stream: bool,
+        default_max_tokens: int,
+        history: Sequence[dict[str, Any]] = (),
+    ) -> Outbound:
+        """The client's `body` rewritten for `agent`'s upstream, without touching `body`."""
+
+    def prompt_estimate(self, body: dict[str, Any]) -> int:
+        """The prompt tokens an upstream body will cost, estimated from its text (for token limits, and to charge
+        a stream that ends without the upstream's count)."""
+
+    def usage(self, answer: Any) -> Usage | None:
+        """The usage a whole answer reports, if it reports one a counter can take."""
+
+    def meter(self, *, hide_usage: bool) -> StreamMeter: ...
+
+    async def replay(self, response: UpstreamResponse, endpoint: Any, streaming: StreamingSpec) -> UpstreamResponse:
+        """A successful whole answer turned into the stream the client asked for; an error answer as it is."""
