@@ -27,7 +27,7 @@ from gateway.proxy.pipeline import Proxy
 from gateway.runtime import Runtime, make_limiter, make_store
 from gateway.settings import Settings
 from gateway.store.base import Store
-from gateway.upstream.http import Upstream
+from gateway.upstream.base import Upstream
 
 
 def create_app(

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from gateway.errors import BadRequest, ClientError, PayloadTooLarge, ValidationFailed
-from gateway.protocols.jsonbody import check_depth
+from gateway.jsonbody import check_depth
 
 JSON = "application/json"
 M = TypeVar("M", bound=BaseModel)

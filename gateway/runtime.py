@@ -27,7 +27,8 @@ from gateway.sessions.service import Sessions
 from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
-from gateway.upstream.http import HTTPUpstream, Upstream
+from gateway.upstream.base import Upstream
+from gateway.upstream.http import HTTPUpstream
 
 logger = logging.getLogger("gateway")
 

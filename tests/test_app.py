@@ -18,9 +18,9 @@ from starlette.routing import Route
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.app import create_app
 from gateway.exchange import Exchange
-from gateway.protocols.jsonbody import MAX_DEPTH
+from gateway.jsonbody import MAX_DEPTH
 from gateway.settings import Settings
-from gateway.upstream.http import UpstreamRequest, UpstreamResponse
+from gateway.upstream.base import UpstreamRequest, UpstreamResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"

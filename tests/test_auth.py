@@ -8,10 +8,10 @@ import pytest
 
 from gateway.auth.authenticator import AuthRefused, presented_secret, resolve_mode
 from gateway.auth.door import agent_for
-from gateway.auth.keys import KeyRecord, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.config.agents import AgentSpec, compile_agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.keys import KeyRecord, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 
 
 def record(secret: str, **changes: object) -> KeyRecord:

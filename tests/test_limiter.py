@@ -201,8 +201,8 @@ async def test_redis_away_fails_closed_with_503(tmp_path: Path) -> None:
 async def test_quotas_roll_over_with_the_calendar() -> None:
     from datetime import UTC, datetime
 
-    from gateway.auth.keys import KeyRecord, Quotas, utcnow
     from gateway.config.agents import AgentSpec, compile_agent
+    from gateway.keys import KeyRecord, Quotas, utcnow
     from gateway.limits.policy import Defaults, charge_for
 
     agent = compile_agent(AgentSpec.model_validate({"name": "a", "llm": {"provider": "mock"}}), {})

@@ -14,7 +14,7 @@ import pytest
 from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest
 from gateway.protocols.mock import MockResponse, MockUpstream
-from gateway.upstream.http import UpstreamRequest
+from gateway.upstream.base import UpstreamRequest
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest, ValidationFailed
-from gateway.protocols.jsonbody import MAX_DEPTH, ORJSON_WRITE_DEPTH, check_depth, parse
+from gateway.jsonbody import MAX_DEPTH, ORJSON_WRITE_DEPTH, check_depth, parse
 from gateway.protocols.openai.payload import Endpoint, Outbound, check, model_of, outbound, wants_stream
 
 

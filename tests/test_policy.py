@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.auth.keys import KeyRecord, Limits, Quotas, hash_secret, new_secret, utcnow
 from gateway.config.agents import Agent, AgentSpec, compile_agent
+from gateway.keys import KeyRecord, Limits, Quotas, hash_secret, new_secret, utcnow
 from gateway.limits.policy import Defaults, charge_for, client_address
 
 NOW = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.app import create_app
 from gateway.protocols.mock import MockUpstream
 from gateway.settings import Settings
-from gateway.upstream.http import UpstreamRequest, UpstreamResponse
+from gateway.upstream.base import UpstreamRequest, UpstreamResponse
 from tests.support.processes import ROOT, Process
 from tests.support.serve import served
 from tests.test_proxy import behave, seen_upstream

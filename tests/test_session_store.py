@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.auth.keys import utcnow
+from gateway.keys import utcnow
 from gateway.sessions.history import bound
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis import RedisSessionStore

@@ -19,7 +19,7 @@ from gateway.protocols.openai import simulate
 from gateway.protocols.openai.payload import Endpoint
 from gateway.protocols.openai.simulate import chat_events, completion_events, replay, split_words
 from gateway.sessions.assembly import ReplyAssembler, reply_from_completion
-from gateway.upstream.http import UpstreamResponse
+from gateway.upstream.base import UpstreamResponse
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.auth.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
+from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.store.base import KeyConflict, Store, UsageEvent, UsageRow, periods
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore, StateDirInUse

@@ -10,7 +10,8 @@ from aiohttp.client_reqrep import ConnectionKey
 
 from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnreachable
-from gateway.upstream.http import forward_headers, map_exceptions, relay_headers, upstream_url
+from gateway.upstream.base import forward_headers, relay_headers
+from gateway.upstream.http import map_exceptions, upstream_url
 
 SECRET = "sk-upstream-secret-4242"
 

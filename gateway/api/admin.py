@@ -17,11 +17,11 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__
 from gateway.api import reports
 from gateway.api.admin_schema import DAYS, KEYS_LIMIT, OFFSET, KeyCreate, KeyUpdate, Rotate, openapi_document
-from gateway.auth.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.http import JSONResponse, int_param, read_model
+from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
 from gateway.store.base import Store
 
 M = TypeVar("M", bound=BaseModel)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from gateway.auth.keys import KeyRecord
+from gateway.keys import KeyRecord
 from gateway.store.base import COUNTERS, UsageRow
 
 

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from gateway.auth.keys import KeyRecord, hash_secret, utcnow
 from gateway.errors import AuthenticationFailed, StoreUnavailable
+from gateway.keys import KeyRecord, hash_secret, utcnow
 from gateway.store.base import Store
 
 AuthMode = Literal["keys", "none"]

@@ -16,11 +16,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator, presented_secret
-from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import AdminAuthFailed, GatewayError, ModelNotFound, PermissionDenied
 from gateway.exchange import exchange_of
+from gateway.keys import KeyRecord
 
 # Paths anyone may call: what probes and scrapers reach without credentials.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
 from gateway.errors import QuotaExceeded, RateLimited
 from gateway.exchange import Exchange
+from gateway.keys import KeyRecord
 from gateway.limits.buckets import Charge, bounded
 from gateway.limits.concurrency import Slots
 from gateway.limits.limiter import Limiter

@@ -7,10 +7,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.protocols import wire
+
 Kind = Literal["requests", "tokens"]
-# The most tokens a bucket or quota holds and a request reserves or settles (a trillion): every count stays an exact
-# integer in Python floats and Lua numbers (exact to 2^53), so what the headers show always adds up.
-MAX_TOKENS = 1_000_000_000_000
+# The most tokens a bucket or quota holds and a request reserves or settles (protocols/wire.py).
+MAX_TOKENS = wire.MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
+from gateway.keys import KeyRecord
 from gateway.limits.buckets import Bucket, Charge, Quota
 
 

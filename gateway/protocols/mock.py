@@ -20,7 +20,7 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.protocols.openai.payload import Endpoint
-from gateway.upstream.http import UpstreamRequest, UpstreamResponse
+from gateway.upstream.base import UpstreamRequest, UpstreamResponse
 
 _WORD = re.compile(r"\S+\s*")
 _EMBEDDING_DIMENSIONS = 16

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from gateway.config.agents import Agent, StreamingSpec, Target
     from gateway.errors import GatewayError
-    from gateway.upstream.http import UpstreamResponse
+    from gateway.upstream.base import UpstreamResponse
+
+
+# The most tokens any count may say (a trillion): a usage count beyond it is no count at all, and buckets, quotas,
+# reservations and settlements stay within it, so every count is an exact integer in Python floats and Lua numbers
+# (exact to 2^53) and what the rate-limit headers show always adds up.
+MAX_TOKENS = 1_000_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

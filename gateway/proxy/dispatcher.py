@@ -22,7 +22,7 @@ from gateway.exchange import Exchange
 from gateway.observability.metrics import Metrics
 from gateway.protocols.wire import Outbound
 from gateway.proxy.breaker import Breakers
-from gateway.upstream.http import Upstream, UpstreamRequest, UpstreamResponse
+from gateway.upstream.base import Upstream, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("gateway.dispatcher")
 

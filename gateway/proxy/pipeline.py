@@ -12,16 +12,16 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from gateway import jsonbody
 from gateway.auth.door import agent_for, key_of
-from gateway.auth.keys import KeyRecord
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
 from gateway.http import DisconnectWatch, read_body
+from gateway.keys import KeyRecord
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
-from gateway.protocols import jsonbody
 from gateway.protocols.openai import payload
 from gateway.protocols.openai.payload import REPLAYABLE, Endpoint
 from gateway.protocols.registry import door_for, wire_of
@@ -30,7 +30,7 @@ from gateway.proxy.dispatcher import Dispatcher
 from gateway.proxy.relay import StreamRelay
 from gateway.sessions.assembly import reply_from_completion
 from gateway.sessions.service import Sessions, Turn, requested_id
-from gateway.upstream.http import UpstreamResponse, forward_headers
+from gateway.upstream.base import UpstreamResponse, forward_headers
 
 JSON = "application/json"
 SSE = "text/event-stream"

@@ -17,7 +17,7 @@ from gateway.protocols import sse
 from gateway.protocols.wire import StreamMeter, Wire
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
-from gateway.upstream.http import UpstreamResponse
+from gateway.upstream.base import UpstreamResponse
 
 logger = logging.getLogger("gateway.sessions")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.auth.keys import utcnow
+from gateway.keys import utcnow
 from gateway.sessions.history import bound
 from gateway.sessions.store import AnyOwner, Owner, Session
 

@@ -44,7 +44,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.auth.keys import utcnow
+from gateway.keys import utcnow
 from gateway.sessions.history import bound
 from gateway.sessions.store import AnyOwner, Owner, Session
 from gateway.store.base import ANONYMOUS

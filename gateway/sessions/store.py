@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from gateway.auth.keys import utcnow
+from gateway.keys import utcnow
 
 SESSION_ID_PREFIX = "sess_"
 

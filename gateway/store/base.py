@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from gateway.auth.keys import KeyRecord
+from gateway.keys import KeyRecord
 
 # Counter names kept per key, period and agent. `limited_*` count the gateway's own refusals by the kind of
 # limit; `upstream_limited` the provider's 429s, kept apart; `queued` requests that waited for a slot.

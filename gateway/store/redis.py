@@ -11,7 +11,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-from gateway.auth.keys import KeyRecord
+from gateway.keys import KeyRecord
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 from gateway.store.redis_connection import RedisBacked, RedisConnection
 

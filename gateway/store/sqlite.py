@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TypeVar
 
-from gateway.auth.keys import KeyRecord
+from gateway.keys import KeyRecord
 from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
 
 T = TypeVar("T")

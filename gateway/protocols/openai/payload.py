@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.config.agents import Agent
 from gateway.errors import BadRequest
-from gateway.protocols.jsonbody import json_type
+from gateway.jsonbody import json_type
 from gateway.protocols.wire import Outbound
 
 # Fields only the gateway reads; never sent upstream.

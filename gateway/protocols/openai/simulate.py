@@ -12,7 +12,7 @@ import orjson
 from gateway.config.agents import StreamingSpec
 from gateway.errors import UpstreamBadResponse
 from gateway.protocols.openai.payload import Endpoint
-from gateway.upstream.http import UpstreamResponse
+from gateway.upstream.base import UpstreamResponse
 
 # A word with the whitespace around it: joining the pieces gives the text back exactly.
 _WORD = re.compile(r"\s*\S+\s*")

@@ -8,9 +8,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from gateway.limits.buckets import MAX_TOKENS
 from gateway.protocols import sse
-from gateway.protocols.wire import Usage
+from gateway.protocols.wire import MAX_TOKENS, Usage
 
 # Mean characters per token of English text with OpenAI's tokenizers: good enough for estimates.
 CHARS_PER_TOKEN = 4

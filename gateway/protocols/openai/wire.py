@@ -11,7 +11,7 @@ from gateway.protocols import sse
 from gateway.protocols.openai import payload, simulate, usage
 from gateway.protocols.openai.payload import Endpoint
 from gateway.protocols.wire import Outbound, StreamMeter, Usage
-from gateway.upstream.http import UpstreamResponse
+from gateway.upstream.base import UpstreamResponse
 
 
 class OpenAIWire:
