@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -32,7 +33,7 @@ def configure_logging(level: str, fmt: str) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(_FORMATS["text"], datefmt=_DATE_FORMAT))
+        handler.setFormatter(TextFormatter(_FORMATS["text"], datefmt=_DATE_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -42,6 +43,14 @@ def configure_logging(level: str, fmt: str) -> None:
         logger.propagate = True
     # watchfiles says "1 change detected" at INFO on every save; the gateway's own reload line says what matters.
     logging.getLogger("watchfiles").setLevel(max(logging.WARNING, root.level))
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one line per record: control characters in a message (a client's path or header quoted
+    in it) are escaped, so that it cannot end the line and forge another. A traceback follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
 
 
 class AccessLog:
@@ -62,12 +71,16 @@ class AccessLog:
         if int(now) != self._second:
             self._second = int(now)
             self._stamp = time.strftime(_DATE_FORMAT, time.localtime(now))
-        message = f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']:.1f}ms"
         if self._json:
+            message = f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']:.1f}ms"
             line = orjson.dumps(
                 {"time": self._stamp, "level": "INFO", "logger": "gateway.access", "message": message, **fields}
             )
         else:
+            # The path is the client's: its control characters escaped, so that it cannot end the line and forge
+            # another (JSON escapes them itself).
+            path = escape_controls(fields["path"])
+            message = f"{fields['method']} {path} {fields['status']} {fields['duration_ms']:.1f}ms"
             # Only what says something: no `retries=0` on every line of a healthy gateway.
             extra = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != 0 and k in _TEXT_FIELDS)
             line = f"{self._stamp} INFO gateway.access: {message} {extra}".encode()
@@ -78,6 +91,18 @@ class AccessLog:
         else:
             stream.write(line + b"\n")
             stream.flush()
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters (line ends, escape sequences, Unicode line separators) as `\\xNN`."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else f"\\u{ord(match.group()):04x}"
 
 
 _TEXT_FIELDS = frozenset(
