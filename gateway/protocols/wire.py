@@ -67,6 +67,10 @@ class Wire(Protocol):
     name: str
 
     # As a front door.
+    def read(self, endpoint: Any, body: dict[str, Any]) -> tuple[str, bool]:
+        """The model a client's request names and whether it asks for a stream, once the fields the gateway reads
+        are checked (a `BadRequest` naming the field otherwise)."""
+
     def error_body(self, error: GatewayError) -> bytes:
         """A whole error answer's body."""
 

@@ -23,7 +23,7 @@ from gateway.keys import KeyRecord
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
 from gateway.protocols.openai import payload
-from gateway.protocols.openai.payload import REPLAYABLE, Endpoint
+from gateway.protocols.openai.payload import Endpoint
 from gateway.protocols.registry import door_for, wire_of
 from gateway.protocols.wire import Outbound, Wire
 from gateway.proxy.dispatcher import Dispatcher
@@ -66,9 +66,8 @@ class Proxy:
         """The rest of the path, for a body already read."""
         exchange = exchange_of(request.scope)
         key = key_of(request)
-        model = payload.model_of(body)
-        stream = payload.wants_stream(body)
-        payload.check(endpoint, body)
+        door = door_for(request.scope["path"])  # the wire format the client speaks
+        model, stream = door.read(endpoint, body)
         agent = agent_for(self._routes(), key, model)
         exchange.agent = agent.name
         turn = await self._continue_session(request, endpoint, body, agent, key)
@@ -106,7 +105,7 @@ class Proxy:
             # a whole answer to a stream request (an upstream that ignored `stream`): relayed as it is, the SDK
             # would read it as an empty stream.
             wire = wire_of(answered.provider)
-            whole = stream and response.status < 300 and response.content_type != SSE and endpoint in REPLAYABLE
+            whole = stream and response.status < 300 and response.content_type != SSE and endpoint.replayable
             if sent.simulated or whole:
                 response = await wire.replay(response, endpoint, answered.streaming)
             if stream and response.status < 300 and response.content_type == SSE:
@@ -115,7 +114,7 @@ class Proxy:
                     wire.meter(hide_usage=sent.hide_usage),
                     exchange,
                     wire.prompt_estimate(sent.body),
-                    door=door_for(request.scope["path"]),
+                    door=door,
                     ends_with_done=endpoint.ends_with_done,
                     metrics=self._metrics,
                 )

@@ -28,6 +28,11 @@ class Endpoint(enum.Enum):
         return self.value
 
     @property
+    def replayable(self) -> bool:
+        """Whether a whole answer from this endpoint can be replayed as the stream a client asked for."""
+        return self in REPLAYABLE
+
+    @property
     def ends_with_done(self) -> bool:
         """Whether a complete stream from this endpoint ends with `data: [DONE]` (the Responses API does not)."""
         return self in (Endpoint.CHAT, Endpoint.COMPLETIONS)

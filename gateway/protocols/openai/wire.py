@@ -17,6 +17,11 @@ from gateway.upstream.base import UpstreamResponse
 class OpenAIWire:
     name = "openai"
 
+    def read(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, bool]:
+        model, stream = payload.model_of(body), payload.wants_stream(body)
+        payload.check(endpoint, body)
+        return model, stream
+
     def error_body(self, error: GatewayError) -> bytes:
         return error.body()  # the gateway's errors are OpenAI-shaped: `{"error": {message, type, param, code}}`
 
