@@ -343,7 +343,9 @@ def check_answer(request: Request, status: int, headers: Mapping[str, str], cont
         assert isinstance(error.get("type"), str), f"no type for {what}: {text[:300]}"
         assert error.get("code") != "internal_error", f"a bug for {what}: {text[:300]}"
     elif content_type.startswith("text/event-stream"):
-        check_stream(text, what)
+        # Events are relayed as the upstream sent them (whole, but not parsed): only when the upstream was told to
+        # send raw bytes may one of them not be JSON.
+        check_stream(text, what, events_are_json='"raw"' not in request.headers.get("x-test-behaviour", ""))
     elif content_type.startswith("application/json"):
         json.loads(content)  # whole JSON, or it raises
 
@@ -351,14 +353,15 @@ def check_answer(request: Request, status: int, headers: Mapping[str, str], cont
 RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 
 
-def check_stream(text: str, what: str) -> None:
-    """Every event whole JSON; the stream ends as its API ends one, or with an error event, never just stops."""
+def check_stream(text: str, what: str, *, events_are_json: bool = True) -> None:
+    """Every event whole JSON (`events_are_json`); the stream ends as its API ends one, or with an error event,
+    never just stops."""
     data = [line[len("data:") :].strip() for line in text.split("\n") if line.startswith("data:")]
     assert data, f"an empty stream for {what}"
-    for item in data:
+    for item in data if events_are_json else ():
         if item != "[DONE]":
             json.loads(item)
-    last = data[-1]
+    last = data[-1]  # [DONE], the API's own end, or the gateway's error event: JSON in every case
     event = json.loads(last) if last != "[DONE]" else {}
     # Chat and completions end with [DONE], the Responses API with its terminal event; a failure with an error.
     ended = last == "[DONE]" or "error" in event or event.get("type") in RESPONSES_ENDS
