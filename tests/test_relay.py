@@ -147,6 +147,22 @@ def test_responses_stream_through_the_mock(client: openai.OpenAI) -> None:
     assert deltas.startswith('You said: "hi".')
 
 
+def test_a_responses_stream_is_relayed_to_its_terminal_event(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model="test-chat", input="hi", stream=True))
+    assert [e.type for e in events][-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "part0 part1 part2 "
+
+
+def test_a_responses_stream_that_stops_short_of_its_terminal_event_ends_with_the_error(gateway: Process) -> None:
+    body = {"model": "test-chat", "input": "hi", "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, headers=behave(no_done=True)) as response:
+        data = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+    assert json.loads(data[-2])["type"] == "response.output_text.delta"  # everything the upstream sent, then
+    error = json.loads(data[-1])["error"]
+    assert error["code"] == "upstream_bad_response"
+    assert "response.completed" in error["message"]
+
+
 def test_upstream_silent_after_its_headers_is_a_504_not_a_stream(client: openai.OpenAI, upstream: Process) -> None:
     headers = behave(chunks=2, hold_after=0)
     with pytest.raises(openai.InternalServerError) as caught:

@@ -53,6 +53,25 @@ class Outbound:
         return {**self.body, "model": target.upstream_model}
 
 
+class Endpoint(Protocol):
+    """One of a wire format's endpoints, as the proxy path and the relay see it."""
+
+    @property
+    def path(self) -> str:
+        """Its path below /v1, as the upstream is called on it."""
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a whole answer can be replayed as the stream a client asked for."""
+
+    @property
+    def stream_end(self) -> str:
+        """What a complete stream ends with, as an error message names it."""
+
+    def stream_ended(self, last: bytes) -> bool:
+        """Whether `last`, a stream's last block of whole events, ends it as a complete stream ends."""
+
+
 class StreamMeter(Protocol):
     """Watches the events a relay forwards: takes out what the gateway asked for itself, keeps the usage."""
 

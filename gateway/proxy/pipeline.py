@@ -115,7 +115,7 @@ class Proxy:
                     exchange,
                     wire.prompt_estimate(sent.body),
                     door=door,
-                    ends_with_done=endpoint.ends_with_done,
+                    endpoint=endpoint,
                     metrics=self._metrics,
                 )
                 if turn is not None:

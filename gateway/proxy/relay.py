@@ -14,7 +14,7 @@ from gateway.exchange import Exchange
 from gateway.http import wait_for_disconnect
 from gateway.observability.metrics import Metrics
 from gateway.protocols import sse
-from gateway.protocols.wire import StreamMeter, Wire
+from gateway.protocols.wire import Endpoint, StreamMeter, Wire
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
 from gateway.upstream.base import UpstreamResponse
@@ -44,7 +44,7 @@ class StreamRelay(Response):
         prompt_estimate: int,
         *,
         door: Wire,
-        ends_with_done: bool,
+        endpoint: Endpoint,
         metrics: Metrics,
     ) -> None:
         self.metrics = metrics
@@ -55,7 +55,7 @@ class StreamRelay(Response):
         self.door = door  # the client's wire format: how a failure is told
         self.status_code = upstream.status
         self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS]
-        self.ends_with_done = ends_with_done
+        self.endpoint = endpoint  # says how a complete stream ends
         self.background = None
         self.outcome = "started"
         self.started = False
@@ -139,8 +139,9 @@ class StreamRelay(Response):
         if pending:  # the upstream ended cleanly on a partial event: its bytes, as they are
             last = pending
             await send({"type": "http.response.body", "body": pending, "more_body": True})
-        if self.ends_with_done and not sse.ends_with_done(last):
-            await self._fail(send, UpstreamBadResponse("The upstream ended the stream before `data: [DONE]`."))
+        if not self.endpoint.stream_ended(last):
+            end = self.endpoint.stream_end
+            await self._fail(send, UpstreamBadResponse(f"The upstream ended the stream before {end}."))
             return
         self.outcome = "completed"
         await send({"type": "http.response.body", "body": b"", "more_body": False})

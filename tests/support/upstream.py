@@ -6,7 +6,7 @@ Each request may carry `x-test-behaviour: <json>` (the gateway forwards it) sayi
     {"chunks": 5, "delay": 0.01}   stream shape (default 3 chunks, no delay)
     {"hold_after": 1}         stream: after that many chunks wait until POST /_release/{request id}
     {"drop_after": 2}         stream: after that many chunks abort the connection
-    {"no_done": true}         stream: end cleanly without `data: [DONE]`
+    {"no_done": true}         stream: end cleanly without `data: [DONE]` (on /responses: without response.completed)
     {"no_usage": true}        stream: ignore `stream_options.include_usage` (as some servers do)
     {"raw": "..."}            stream: send exactly these bytes as the body (split in two writes)
     {"not_json": true}        answer 200 with a body that is not JSON
@@ -197,6 +197,11 @@ async def _stream(
         await response.write_eof()
         return response
     chunks = behaviour.get("chunks", 3)
+    responses = request.path.endswith("/responses")
+    if responses:
+        await response.write(
+            _event({"type": "response.created", "response": {"id": "resp-up", "status": "in_progress"}})
+        )
     options = body.get("stream_options") or {}
     with_usage = options.get("include_usage") is True and not behaviour.get("no_usage")
     for index in range(chunks):
@@ -214,7 +219,17 @@ async def _stream(
             await asyncio.sleep(behaviour.get("stall", 3))
         if index and behaviour.get("delay"):
             await asyncio.sleep(behaviour["delay"])
+        if responses:
+            await response.write(_event({"type": "response.output_text.delta", "delta": f"part{index} "}))
+            continue
         await response.write(b"data: " + json.dumps(chat_chunk(f"part{index} ", None, with_usage)).encode() + b"\n\n")
+    if responses:  # the Responses API ends with its terminal event, not [DONE]
+        if not behaviour.get("no_done"):
+            usage = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+            done = {"id": "resp-up", "object": "response", "status": "completed", "usage": usage}
+            await response.write(_event({"type": "response.completed", "response": done}))
+        await response.write_eof()
+        return response
     await response.write(b"data: " + json.dumps(chat_chunk(None, "stop", with_usage)).encode() + b"\n\n")
     if with_usage:
         final = {**chat_chunk(None), "choices": [], "usage": STREAM_USAGE}
@@ -223,6 +238,11 @@ async def _stream(
         await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    """A Responses API event, named as OpenAI names them."""
+    return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def get_record(request: web.Request) -> web.Response:

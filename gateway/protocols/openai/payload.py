@@ -6,9 +6,12 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from gateway.config.agents import Agent
 from gateway.errors import BadRequest
 from gateway.jsonbody import json_type
+from gateway.protocols import sse
 from gateway.protocols.wire import Outbound
 
 # Fields only the gateway reads; never sent upstream.
@@ -33,11 +36,26 @@ class Endpoint(enum.Enum):
         return self in REPLAYABLE
 
     @property
-    def ends_with_done(self) -> bool:
-        """Whether a complete stream from this endpoint ends with `data: [DONE]` (the Responses API does not)."""
-        return self in (Endpoint.CHAT, Endpoint.COMPLETIONS)
+    def stream_end(self) -> str:
+        """What a complete stream from this endpoint ends with, as an error message names it."""
+        return "its `response.completed` event" if self is Endpoint.RESPONSES else "`data: [DONE]`"
+
+    def stream_ended(self, last: bytes) -> bool:
+        """Whether `last`, the stream's last block of whole events, ends it as this endpoint ends a complete
+        stream: `data: [DONE]`, or for the Responses API a terminal event (`response.completed`, `.incomplete`,
+        `.failed`, or `error`). A stream that stops short of it failed, and the client must hear so."""
+        if self is not Endpoint.RESPONSES:
+            return sse.ends_with_done(last)
+        events = sse.iter_events(last)
+        try:
+            event = orjson.loads(sse.event_data(events[-1])) if events else None
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(event, dict) and event.get("type") in _RESPONSES_ENDS
 
 
+# The events that end a Responses API stream, completed or not.
+_RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 # The endpoints whose whole answer can be replayed as the stream a client asked for.
 REPLAYABLE = (Endpoint.CHAT, Endpoint.COMPLETIONS)
 # Per endpoint: which agent defaults apply, and under which body field (the Responses API names it differently).
