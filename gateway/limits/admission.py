@@ -77,7 +77,13 @@ class Guard:
         if exchange.charge is not None and exchange.reserved_tokens:
             self._settle_later(exchange.charge, -exchange.reserved_tokens)
         exchange.charge, exchange.reserved_tokens = None, 0
-        await self._take(exchange, key, agent, wire, outbound, client=None, first=False)
+        try:
+            await self._take(exchange, key, agent, wire, outbound, client=None, first=False)
+        except RateLimited:  # quotas too
+            refused = exchange.leases.pop("agent", None)  # its slot, if it got one before its buckets refused it
+            if refused is not None:
+                refused.release()
+            raise
 
     async def _take(
         self,
