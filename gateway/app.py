@@ -21,7 +21,7 @@ from gateway.auth.door import AuthDoor
 from gateway.config.routing import RoutingTable, load_routes
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
-from gateway.limits.limiter import Limiter
+from gateway.limits.base import Limiter
 from gateway.observability.logs import AccessLog
 from gateway.proxy.pipeline import Proxy
 from gateway.runtime import Runtime, make_limiter, make_store

@@ -19,7 +19,8 @@ from gateway.config.reload import Reloader
 from gateway.config.routing import ConfigError, RoutingTable, load_routes
 from gateway.errors import InvalidConfig
 from gateway.limits.admission import Guard
-from gateway.limits.limiter import Limiter, MemoryLimiter
+from gateway.limits.base import Limiter
+from gateway.limits.memory import MemoryLimiter
 from gateway.limits.policy import Defaults
 from gateway.observability.metrics import Metrics
 from gateway.proxy.dispatcher import Dispatcher

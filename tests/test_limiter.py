@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from gateway.errors import StoreUnavailable
+from gateway.limits.base import Limiter
 from gateway.limits.buckets import Bucket, Charge, Quota
-from gateway.limits.limiter import Limiter, MemoryLimiter
+from gateway.limits.memory import MemoryLimiter
 from gateway.limits.redis import RedisLimiter
 from tests.support.redis import RedisServer, start_redis
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from gateway.errors import StoreUnavailable
+from gateway.sessions.base import Session, SessionStore
 from gateway.sessions.guarded import GuardedSessionStore
 from gateway.sessions.redis import _APPEND, RedisSessionStore
 from gateway.sessions.service import _describe
-from gateway.sessions.store import Session, SessionStore
 from tests.support.redis import RedisServer, start_redis
 
 pytestmark = pytest.mark.anyio

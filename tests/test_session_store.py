@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from gateway.keys import utcnow
+from gateway.sessions.base import Session, SessionStore
 from gateway.sessions.history import bound
 from gateway.sessions.memory import MemorySessionStore
 from gateway.sessions.redis import RedisSessionStore
-from gateway.sessions.store import Session, SessionStore
 from tests.support.redis import start_redis
 
 pytestmark = pytest.mark.anyio

@@ -14,8 +14,8 @@ from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest
 from gateway.exchange import exchange_of
 from gateway.http import JSONResponse, int_param, read_model
+from gateway.sessions.base import Session
 from gateway.sessions.service import Sessions
-from gateway.sessions.store import Session
 
 MAX_TTL_SECONDS = 366 * 24 * 3600
 

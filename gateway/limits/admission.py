@@ -13,9 +13,9 @@ from gateway.config.agents import Agent
 from gateway.errors import QuotaExceeded, RateLimited
 from gateway.exchange import Exchange
 from gateway.keys import KeyRecord
+from gateway.limits.base import Limiter
 from gateway.limits.buckets import Charge, bounded
 from gateway.limits.concurrency import Slots
-from gateway.limits.limiter import Limiter
 from gateway.limits.policy import Defaults, charge_for, client_address, key_quotas
 from gateway.protocols.wire import Outbound, Wire
 from gateway.store.base import Store

@@ -11,8 +11,9 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreUnavailable
 from gateway.limits import buckets
+from gateway.limits.base import FailureMode
 from gateway.limits.buckets import Charge, Decision, Quota
-from gateway.limits.limiter import FailureMode, MemoryLimiter
+from gateway.limits.memory import MemoryLimiter
 from gateway.store.redis_connection import RedisConnection
 
 logger = logging.getLogger("gateway.limiter")

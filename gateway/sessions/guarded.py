@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from gateway.errors import StoreUnavailable
-from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
+from gateway.sessions.base import AnyOwner, Owner, Session, SessionStore
 
 logger = logging.getLogger("gateway.sessions")
 

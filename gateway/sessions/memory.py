@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from gateway.keys import utcnow
+from gateway.sessions.base import AnyOwner, Owner, Session
 from gateway.sessions.history import bound
-from gateway.sessions.store import AnyOwner, Owner, Session
 
 # Expired sessions nobody asks for again are swept on `create` at most this often (seconds), so memory stays
 # bounded without a background task and without scanning every session on every create.

@@ -45,8 +45,8 @@ import orjson
 from redis.exceptions import RedisError
 
 from gateway.keys import utcnow
+from gateway.sessions.base import AnyOwner, Owner, Session
 from gateway.sessions.history import bound
-from gateway.sessions.store import AnyOwner, Owner, Session
 from gateway.store.base import ANONYMOUS
 from gateway.store.redis_connection import RedisBacked
 

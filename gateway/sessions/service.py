@@ -13,8 +13,8 @@ from gateway.config.agents import Agent, SessionSpec
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest, SessionNotFound, StoreUnavailable
 from gateway.observability.metrics import Metrics
+from gateway.sessions.base import AnyOwner, Owner, Session, SessionStore
 from gateway.sessions.memory import MemorySessionStore
-from gateway.sessions.store import AnyOwner, Owner, Session, SessionStore
 
 logger = logging.getLogger("gateway.sessions")
 

@@ -1,36 +1,17 @@
-"""Where rate-limit state lives: the `Limiter` protocol and the in-process one (Redis: `limiter_redis.py`)."""
+"""Rate-limit state in this process: exact for one process (limits/base.py has the protocol)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal, Protocol
 
 from gateway.limits import buckets
 from gateway.limits.buckets import Charge, Decision, Level, Quota
 
 logger = logging.getLogger("gateway.limiter")
 
-FailureMode = Literal["open", "closed"]
 MAX_LEVELS = 50_000
-
-
-class Limiter(Protocol):
-    name: str
-    # Called on every failed call to a shared store (the Redis-errors metric); set by whoever counts.
-    on_error: Callable[[], None]
-
-    async def take(self, charge: Charge) -> Decision: ...
-
-    async def settle(self, charge: Charge, delta: int) -> None: ...
-
-    async def seed(self, quota: Quota, used: int) -> None:
-        """Start a quota's counter at `used` unless it already has one (usage recorded before this process)."""
-
-    async def reset(self, quota_ids: list[str]) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class MemoryLimiter:
