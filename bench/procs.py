@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -244,12 +245,21 @@ def gateway(
     config.mkdir()
     (config / "bench.yaml").write_text(agent_config(nginx_port, stream_port))
     port = free_port()
+    argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
+    with running("gateway", argv, port, workdir, env=gateway_env(keys, settings or {}), ready="/readyz") as service:
+        yield service
+
+
+def gateway_command() -> list[str]:
+    """How the gateway is started: `BENCH_GATEWAY` (a command line, e.g. `python -m gateway` with PYTHONPATH at
+    another checkout, to measure it side by side), else this virtualenv's `gateway` script."""
+    given = os.environ.get("BENCH_GATEWAY", "").strip()
+    if given:
+        return shlex.split(given)
     command = Path(sys.executable).parent / "gateway"
     if not command.exists():
         raise BenchError(f"{command} not found: run `pip install -e '.[dev]'` in this virtualenv first")
-    argv = [str(command), "serve", "--config", str(config), "--port", str(port)]
-    with running("gateway", argv, port, workdir, env=gateway_env(keys, settings or {}), ready="/readyz") as service:
-        yield service
+    return [str(command)]
 
 
 def create_virtual_key(gateway: Service, limits: Mapping[str, int] | None = None) -> str:
