@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.admin import AdminAPI
+from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.chat import ChatAPI
 from gateway.api.errors import render_gateway_error, render_http_exception, render_store_error
 from gateway.api.health import Health
@@ -73,6 +74,7 @@ def create_app(
         default_max_tokens=settings.default_max_tokens,
     )
     endpoints = OpenAIEndpoints(runtime, proxy)
+    anthropic = AnthropicEndpoints(proxy, runtime.current_routes, settings.max_body_bytes)
     health = Health(runtime)
     sessions = SessionsAPI(runtime.sessions, runtime.current_routes, settings.max_body_bytes)
     chat = ChatAPI(proxy, runtime.sessions, runtime.current_routes, settings.max_body_bytes)
@@ -99,6 +101,8 @@ def create_app(
             Route("/v1/completions", endpoints.completions, methods=["POST"]),
             Route("/v1/embeddings", endpoints.embeddings, methods=["POST"]),
             Route("/v1/responses", endpoints.responses, methods=["POST"]),
+            Route("/v1/messages", anthropic.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
             Route("/v1/chat", chat.chat, methods=["POST"]),
             Route("/v1/chat/stream", chat.chat_stream, methods=["POST"]),
             Route("/v1/sessions", sessions.create, methods=["POST"]),

@@ -52,6 +52,8 @@ ROUTES = frozenset(
         "/v1/completions",
         "/v1/embeddings",
         "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
         "/v1/chat",
         "/v1/chat/stream",
         "/v1/sessions",

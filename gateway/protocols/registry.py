@@ -7,15 +7,21 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from gateway.config.providers import PROVIDERS
+from gateway.protocols import anthropic_to_openai
+from gateway.protocols.anthropic.wire import ANTHROPIC
 from gateway.protocols.openai.wire import OPENAI
-from gateway.protocols.wire import Wire
+from gateway.protocols.wire import Door, Translator, Wire
 
 WIRES: Mapping[str, Wire] = MappingProxyType({OPENAI.name: OPENAI})
-# Front doors by path prefix, first match wins; everything else is OpenAI's (the next protocol adds its prefix).
-DOORS: tuple[tuple[str, Wire], ...] = ()
+# Front doors by path prefix, first match wins; everything else is OpenAI's.
+DOORS: tuple[tuple[str, Door], ...] = (("/v1/messages", ANTHROPIC),)
+# Between a client's format (first) and an upstream's that differs: one pure module per pair.
+TRANSLATORS: Mapping[tuple[str, str], Translator] = MappingProxyType(
+    {(ANTHROPIC.name, OPENAI.name): anthropic_to_openai.TRANSLATOR}
+)
 
 
-def door_for(path: str) -> Wire:
+def door_for(path: str) -> Door:
     """The wire format a client calling `path` speaks: its errors are answered in it."""
     for prefix, wire in DOORS:
         if path.startswith(prefix):
@@ -26,3 +32,10 @@ def door_for(path: str) -> Wire:
 def wire_of(provider: str) -> Wire:
     """The wire format the upstream of a provider speaks."""
     return WIRES[PROVIDERS[provider].wire]
+
+
+def translator_for(door: Door, upstream: Wire) -> Translator | None:
+    """None when the client and the upstream speak the same format: the body and events pass as they are."""
+    if door.name == upstream.name:
+        return None
+    return TRANSLATORS[(door.name, upstream.name)]

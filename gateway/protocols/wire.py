@@ -82,10 +82,11 @@ class StreamMeter(Protocol):
         """The usage to charge: the upstream's own, or an estimate from what was relayed."""
 
 
-class Wire(Protocol):
+class Door(Protocol):
+    """A wire format as a front door: what its clients' requests must hold and how they hear of a failure."""
+
     name: str
 
-    # As a front door.
     def read(self, endpoint: Any, body: dict[str, Any]) -> tuple[str, bool]:
         """The model a client's request names and whether it asks for a stream, once the fields the gateway reads
         are checked (a `BadRequest` naming the field otherwise)."""
@@ -96,7 +97,34 @@ class Wire(Protocol):
     def error_event(self, error: GatewayError) -> bytes:
         """The event that ends a stream already under way with `error`, so that the client's SDK raises."""
 
-    # As an upstream.
+
+class StreamTranslator(Protocol):
+    def feed(self, events: bytes) -> bytes:
+        """Whole events of the upstream's format in, whole events of the client's out (maybe none yet)."""
+
+
+class Translator(Protocol):
+    """A client's wire format in front of an upstream that speaks another: one pure module per pair."""
+
+    @property
+    def upstream_endpoint(self) -> Endpoint:
+        """Where the upstream is called."""
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The client's request in the upstream's format."""
+
+    def answer(self, answer: dict[str, Any], *, model: str) -> dict[str, Any]:
+        """The upstream's whole answer in the client's format (`model`: the name the client asked for)."""
+
+    def error(self, status: int, message: str) -> bytes:
+        """An upstream's error answer in the client's format."""
+
+    def stream(self, *, model: str, input_estimate: int) -> StreamTranslator: ...
+
+
+class Wire(Door, Protocol):
+    """A wire format on both sides: a front door, and what an upstream that speaks it is sent and answers."""
+
     def outbound(
         self,
         endpoint: Any,

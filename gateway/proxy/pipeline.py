@@ -24,8 +24,9 @@ from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
 from gateway.protocols.openai import payload
 from gateway.protocols.openai.payload import Endpoint
-from gateway.protocols.registry import door_for, wire_of
-from gateway.protocols.wire import Outbound, Wire
+from gateway.protocols.registry import door_for, translator_for, wire_of
+from gateway.protocols.wire import Endpoint as WireEndpoint
+from gateway.protocols.wire import Outbound, Translator, Wire
 from gateway.proxy.dispatcher import Dispatcher
 from gateway.proxy.relay import StreamRelay
 from gateway.sessions.assembly import reply_from_completion
@@ -58,11 +59,11 @@ class Proxy:
         self._max_body_bytes = max_body_bytes
         self._default_max_tokens = default_max_tokens
 
-    async def forward(self, request: Request, endpoint: Endpoint) -> Response:
+    async def forward(self, request: Request, endpoint: WireEndpoint) -> Response:
         body = jsonbody.parse(await read_body(request, self._max_body_bytes))
         return await self.serve(request, endpoint, body)
 
-    async def serve(self, request: Request, endpoint: Endpoint, body: dict[str, Any]) -> Response:
+    async def serve(self, request: Request, endpoint: WireEndpoint, body: dict[str, Any]) -> Response:
         """The rest of the path, for a body already read."""
         exchange = exchange_of(request.scope)
         key = key_of(request)
@@ -72,10 +73,20 @@ class Proxy:
         exchange.agent = agent.name
         turn = await self._continue_session(request, endpoint, body, agent, key)
         history = turn.history if turn is not None else ()
+        # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
+        # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
+        translator = translator_for(door, wire_of(agent.provider))
+        upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
+        upstream_body = translator.request(body) if translator is not None else body
 
         def prepare(candidate: Agent) -> Outbound:
             return wire_of(candidate.provider).outbound(
-                endpoint, body, candidate, stream=stream, default_max_tokens=self._default_max_tokens, history=history
+                upstream_endpoint,
+                upstream_body,
+                candidate,
+                stream=stream,
+                default_max_tokens=self._default_max_tokens,
+                history=history,
             )
 
         async def fallback(candidate: Agent) -> Outbound:
@@ -97,7 +108,7 @@ class Proxy:
                 exchange,
                 agent,
                 first,
-                path=endpoint.path,
+                path=upstream_endpoint.path,
                 headers=forward_headers(request.scope["headers"], exchange.request_id),
                 fallback=fallback,
             )
@@ -105,23 +116,26 @@ class Proxy:
             # a whole answer to a stream request (an upstream that ignored `stream`): relayed as it is, the SDK
             # would read it as an empty stream.
             wire = wire_of(answered.provider)
-            whole = stream and response.status < 300 and response.content_type != SSE and endpoint.replayable
+            whole = stream and response.status < 300 and response.content_type != SSE and upstream_endpoint.replayable
             if sent.simulated or whole:
-                response = await wire.replay(response, endpoint, answered.streaming)
+                response = await wire.replay(response, upstream_endpoint, answered.streaming)
             if stream and response.status < 300 and response.content_type == SSE:
+                prompt_estimate = wire.prompt_estimate(sent.body)
                 relay = StreamRelay(
                     response,
                     wire.meter(hide_usage=sent.hide_usage),
                     exchange,
-                    wire.prompt_estimate(sent.body),
+                    prompt_estimate,
                     door=door,
-                    endpoint=endpoint,
+                    endpoint=upstream_endpoint,
+                    translator=translator.stream(model=model, input_estimate=prompt_estimate) if translator else None,
                     metrics=self._metrics,
                 )
                 if turn is not None:
                     relay.keep_reply(turn)
                 return relay
-            return await buffered(response, exchange, wire, turn)
+            answer = await buffered(response, exchange, wire, turn)
+            return translated(answer, translator, model) if translator is not None else answer
         except asyncio.CancelledError:
             if watch.left():
                 raise ClientDisconnect from None
@@ -130,7 +144,7 @@ class Proxy:
             watch.stop()
 
     async def _continue_session(
-        self, request: Request, endpoint: Endpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
+        self, request: Request, endpoint: WireEndpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
     ) -> Turn | None:
         """The session the request names, if any: its history goes in front of the client's messages upstream."""
         session_id = requested_id(request.scope["headers"], body)
@@ -168,6 +182,21 @@ async def buffered(upstream: UpstreamResponse, exchange: Exchange, wire: Wire, t
     # Both kinds are JSON now, whatever content type the upstream claimed.
     response = Response(body, status_code=upstream.status, media_type=JSON)
     response.raw_headers.extend(h for h in upstream.relay_headers() if h[0] != b"content-type")
+    return response
+
+
+def translated(answer: Response, translator: Translator, model: str) -> Response:
+    """A whole answer (already JSON, errors OpenAI-shaped) in the client's format: success bodies through the
+    translator, errors with the upstream's message in the client's error shape."""
+    parsed = orjson.loads(answer.body)
+    if answer.status_code < 300:
+        body = orjson.dumps(translator.answer(parsed, model=model))
+    else:
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        body = translator.error(answer.status_code, message if isinstance(message, str) else "The upstream failed.")
+    response = Response(body, status_code=answer.status_code, media_type=JSON)
+    response.raw_headers.extend(h for h in answer.raw_headers if h[0] not in (b"content-type", b"content-length"))
     return response
 
 

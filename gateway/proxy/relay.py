@@ -14,7 +14,7 @@ from gateway.exchange import Exchange
 from gateway.http import wait_for_disconnect
 from gateway.observability.metrics import Metrics
 from gateway.protocols import sse
-from gateway.protocols.wire import Endpoint, StreamMeter, Wire
+from gateway.protocols.wire import Door, Endpoint, StreamMeter, StreamTranslator
 from gateway.sessions.assembly import ReplyAssembler
 from gateway.sessions.service import Turn
 from gateway.upstream.base import UpstreamResponse
@@ -43,8 +43,9 @@ class StreamRelay(Response):
         exchange: Exchange,
         prompt_estimate: int,
         *,
-        door: Wire,
+        door: Door,
         endpoint: Endpoint,
+        translator: StreamTranslator | None = None,
         metrics: Metrics,
     ) -> None:
         self.metrics = metrics
@@ -55,7 +56,8 @@ class StreamRelay(Response):
         self.door = door  # the client's wire format: how a failure is told
         self.status_code = upstream.status
         self.raw_headers = [*upstream.relay_headers(), *STREAM_HEADERS]
-        self.endpoint = endpoint  # says how a complete stream ends
+        self.endpoint = endpoint  # says how a complete upstream stream ends
+        self.translator = translator  # the upstream's events into the client's format, where they differ
         self.background = None
         self.outcome = "started"
         self.started = False
@@ -130,15 +132,18 @@ class StreamRelay(Response):
                         await self._send(send, sse.before_done(events))
                         raise
                 last = events
-                await self._send(send, events)
+                out = self.translator.feed(events) if self.translator is not None else events
+                if out:
+                    await self._send(send, out)
         except GatewayError as exc:  # the upstream's failure, or one of ours (a store that went away)
             await (self._fail(send, exc) if self.started else self._refuse(send, exc))
             return
         if not self.started:
             await self._start(send)
-        if pending:  # the upstream ended cleanly on a partial event: its bytes, as they are
+        if pending:  # the upstream ended cleanly on a partial event: its bytes as they are, or translated as whole
             last = pending
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
+            out = self.translator.feed(pending + b"\n\n") if self.translator is not None else pending
+            await send({"type": "http.response.body", "body": out, "more_body": True})
         if not self.endpoint.stream_ended(last):
             end = self.endpoint.stream_end
             await self._fail(send, UpstreamBadResponse(f"The upstream ended the stream before {end}."))
