@@ -50,6 +50,7 @@ def test_a_message_on_an_openai_upstream(client: anthropic.Anthropic, upstream: 
     )
     assert message.model == "test-chat"
     assert message.id.startswith("msg_")
+    assert message._request_id == headers["x-request-id"]  # the gateway's request id, as the SDK reads it
     assert message.content[0].type == "text"
     assert message.content[0].text == "upstream heard 3 messages; last: hello"
     assert message.stop_reason == "end_turn"
@@ -159,6 +160,7 @@ def test_every_error_in_anthropics_shape(
         client.messages.create(**{**arguments, **call}, extra_headers=headers)
     assert caught.value.body["type"] == "error"
     assert caught.value.body["error"]["type"] == kind
+    assert caught.value.request_id  # the `request-id` header, for support tickets
 
 
 def test_a_missing_or_wrong_key_is_an_authentication_error(gateway: Process) -> None:

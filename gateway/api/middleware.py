@@ -114,6 +114,8 @@ def _headers(
         (b"x-request-id", request_id),
         (b"x-gateway-overhead-ms", f"{exchange.overhead_ms:.2f}".encode()),
     ]
+    if door_for(exchange.path).name == "anthropic":
+        added.append((b"request-id", request_id))  # where the Anthropic SDK looks for it (`_request_id`)
     if exchange.agent is not None:
         added.append((b"x-gateway-agent", exchange.agent.encode()))
     if exchange.ratelimit is not None:
