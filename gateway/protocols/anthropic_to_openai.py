@@ -179,6 +179,10 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
+_TEXT_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT_DELTA_MIDDLE = b',"delta":{"type":"text_delta","text":'
+
+
 class StreamTranslator:
     """OpenAI chat chunks in, Messages events out, as they arrive: `message_start` with the first chunk (its
     input tokens the gateway's estimate: OpenAI tells them only at the end), a content block per text, thinking
@@ -199,29 +203,43 @@ class StreamTranslator:
         self._usage: dict[str, int] | None = None
 
     def feed(self, events: bytes) -> bytes:
-        out: list[bytes] = []
-        for event in sse.iter_events(events):
-            data = sse.event_data(event).strip()
-            if not data:
-                continue
-            if data == b"[DONE]":
-                out.append(self._finish())
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue  # not an event a Messages client could read; the end is checked on the upstream's
-            if isinstance(chunk, dict):
-                out.append(self._chunk(chunk))
-        return b"".join(out)
+        # Most reads hold one one-line event (`data: {...}\n\n`): read it without the general parser.
+        if events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2 and events.endswith(b"\n\n"):
+            return self._data(events[6:-2].strip())
+        return b"".join(self._data(sse.event_data(event).strip()) for event in sse.iter_events(events))
+
+    def _data(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if data == b"[DONE]":
+            return self._finish()
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return b""  # not an event a Messages client could read; the end is checked on the upstream's
+        return self._chunk(chunk) if isinstance(chunk, dict) else b""
 
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
-        out = [] if self._started else [self._start(chunk)]
-        if isinstance(chunk.get("usage"), dict):
-            self._usage = _usage(chunk["usage"])
+        head = b"" if self._started else self._start(chunk)
+        usage = chunk.get("usage")
+        if usage.__class__ is dict:
+            self._usage = _usage(usage)
         choices = chunk.get("choices")
-        choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
-        delta = _dict(choice.get("delta"))
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict) or not isinstance(delta := choice.get("delta"), dict):
+            return head  # a usage chunk, or one with nothing to say
+        text = delta.get("content")
+        # The common chunk, a piece of text and nothing else: one event from a template.
+        if (
+            text.__class__ is str
+            and text
+            and self._block == "text"
+            and (len(delta) == 1 or (len(delta) == 2 and "role" in delta))
+        ):
+            if choice.get("finish_reason") is not None:
+                self._stop = _stop_reason(choice["finish_reason"])
+            return head + self._text(text)
+        out = [head]
         reasoning = delta.get("reasoning_content")
         if isinstance(reasoning, str) and reasoning:
             out.append(self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}))
@@ -230,7 +248,7 @@ class StreamTranslator:
             text = delta.get(key)
             if isinstance(text, str) and text:
                 out.append(self._open("text", {"type": "text", "text": ""}))
-                out.append(self._delta({"type": "text_delta", "text": text}))
+                out.append(self._text(text))
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict):
                 out.append(self._tool(call))
@@ -279,6 +297,10 @@ class StreamTranslator:
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
         return event_bytes({"type": "content_block_delta", "index": self._index, "delta": delta})
+
+    def _text(self, text: str) -> bytes:
+        """A `text_delta`, the event most of a stream is: written from a template rather than a dict."""
+        return b"%s%d%s%s}}\n\n" % (_TEXT_DELTA_HEAD, self._index, _TEXT_DELTA_MIDDLE, orjson.dumps(text))
 
     def _close(self) -> bytes:
         if self._block is None:
