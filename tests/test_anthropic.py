@@ -8,6 +8,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from tests.conftest import UPSTREAM_KEY
@@ -198,9 +199,32 @@ def test_a_stream_ending_without_done_ends_with_an_error_event(gateway: Process,
     assert "message_stop" not in events
 
 
-def test_sessions_are_refused_on_messages_for_now(client: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError, match="Sessions work with"):
-        client.messages.create(model="test-chat", max_tokens=8, messages=USER, extra_headers={"x-session-id": "sess_x"})
+def test_a_session_goes_on_from_either_sdk(gateway: Process, secret: str, upstream: Process) -> None:
+    created = httpx.post(
+        gateway.url + "/v1/sessions", json={"model": "test-chat"}, headers={"authorization": f"Bearer {secret}"}
+    )
+    session = {"x-session-id": created.json()["session_id"]}
+    with anthropic.Anthropic(base_url=gateway.url, api_key=secret, max_retries=0, default_headers=session) as client:
+        client.messages.create(model="test-chat", max_tokens=8, system="Be brief.",
+                               messages=[{"role": "user", "content": "first"}])  # fmt: skip
+        with client.messages.stream(model="test-chat", max_tokens=8, system="Be brief.",
+                                    messages=[{"role": "user", "content": "second"}]) as stream:  # fmt: skip
+            assert "".join(stream.text_stream) == "part0 part1 part2 "
+    headers = {**session, **behave()}
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=secret, max_retries=0) as sdk:
+        sdk.chat.completions.create(model="test-chat", messages=[{"role": "user", "content": "third"}],
+                                    extra_headers=headers)  # fmt: skip
+    sent = seen_upstream(upstream, headers["x-request-id"])["body"]["messages"]
+    # The agent's prompt, then every earlier turn of either SDK (the Messages system text is not kept: it comes
+    # with each Messages request), then this one.
+    assert [(m["role"], m["content"]) for m in sent] == [
+        ("system", "You are a test agent."),
+        ("user", "first"),
+        ("assistant", "upstream heard 3 messages; last: first"),
+        ("user", "second"),
+        ("assistant", "part0 part1 part2 "),
+        ("user", "third"),
+    ]
 
 
 def test_admin_key_is_not_a_messages_key(gateway: Process) -> None:

@@ -71,13 +71,25 @@ class Proxy:
         model, stream = door.read(endpoint, body)
         agent = agent_for(self._routes(), key, model)
         exchange.agent = agent.name
-        turn = await self._continue_session(request, endpoint, body, agent, key)
-        history = turn.history if turn is not None else ()
         # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
         # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
         translator = translator_for(door, wire_of(agent.provider))
         upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
         upstream_body = translator.request(body) if translator is not None else body
+        # A session keeps its history in one form, chat messages, whichever API a turn came through.
+        session_id = requested_id(request.scope["headers"], body)
+        turn = None
+        if session_id is not None:
+            turn = await self._continue_session(
+                request,
+                session_id,
+                endpoint=upstream_endpoint,
+                body=upstream_body,
+                agent=agent,
+                key=key,
+                translated=translator is not None,
+            )
+        history = turn.history if turn is not None else ()
 
         def prepare(candidate: Agent) -> Outbound:
             return wire_of(candidate.provider).outbound(
@@ -144,15 +156,24 @@ class Proxy:
             watch.stop()
 
     async def _continue_session(
-        self, request: Request, endpoint: WireEndpoint, body: dict[str, Any], agent: Agent, key: KeyRecord | None
-    ) -> Turn | None:
-        """The session the request names, if any: its history goes in front of the client's messages upstream."""
-        session_id = requested_id(request.scope["headers"], body)
-        if session_id is None:
-            return None
+        self,
+        request: Request,
+        session_id: str,
+        *,
+        endpoint: WireEndpoint,
+        body: dict[str, Any],
+        agent: Agent,
+        key: KeyRecord | None,
+        translated: bool,
+    ) -> Turn:
+        """The session the request names: its history goes in front of the client's messages upstream, and what
+        the client adds is stored with the reply. A translated request's system text is sent again with every turn
+        (the Messages API has it apart from the messages), so it is not stored."""
         if endpoint is not Endpoint.CHAT:
-            raise BadRequest("Sessions work with /v1/chat/completions only.", param="session_id")
+            raise BadRequest("Sessions work with /v1/chat/completions and /v1/messages only.", param="session_id")
         messages = payload.messages_of(body)
+        if translated:
+            messages = [message for message in messages if message.get("role") != "system"]
         turn = await self._sessions.open(agent, key.id if key is not None else None, session_id)
         exchange = exchange_of(request.scope)
         exchange.session_id = turn.session.id
