@@ -57,6 +57,7 @@ V1_POSTS = [
     "/v1/chat",
     "/v1/chat/stream",
     "/v1/sessions",
+    "/v1/messages",
 ]
 
 

@@ -187,6 +187,22 @@ def body(draw: st.DrawFn, path: str, faults: frozenset[str], sessions: Mapping[s
         ),
     }
     templates["/v1/chat/stream"] = templates["/v1/chat"]
+    # Anthropic's door: its own request shape (the messages above are near enough for the odd cases).
+    blocks = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(min_size=1, max_size=20)}),
+                      min_size=1, max_size=2)  # fmt: skip
+    turns = (
+        st.lists(
+            st.fixed_dictionaries({"role": st.just("user"), "content": st.text(min_size=1, max_size=20) | blocks}),
+            min_size=1,
+            max_size=2,
+        )
+        if "messages" not in faults
+        else chat
+    )
+    templates["/v1/messages"] = st.fixed_dictionaries(
+        {"model": model, "max_tokens": output, "messages": turns},
+        optional={**stream, "system": st.text(max_size=20), "temperature": st.floats(0, 1)},
+    )
     value = draw(mutated(templates[path]) if "fields" in faults else templates[path])
     return draw(encoded(value, spoil="bytes" in faults))
 
@@ -335,6 +351,13 @@ def check_answer(request: Request, status: int, headers: Mapping[str, str], cont
     content_type = headers.get("content-type", "")
     if request.method == "HEAD":
         assert not content, f"a body in the answer to {what}"
+    elif status >= 400 and request.path.startswith("/v1/messages"):  # Anthropic's error shape
+        assert content_type.startswith("application/json"), f"{status} {content_type} for {what}: {text[:300]}"
+        answer = json.loads(content)
+        assert answer.get("type") == "error", f"not an Anthropic error for {what}: {text[:300]}"
+        assert isinstance(answer["error"].get("type"), str), f"no type for {what}: {text[:300]}"
+        assert isinstance(answer["error"].get("message"), str), f"no message for {what}: {text[:300]}"
+        assert "request-id" in headers, f"no request-id for {what}"
     elif status >= 400:
         assert content_type.startswith("application/json"), f"{status} {content_type} for {what}: {text[:300]}"
         error = json.loads(content).get("error")
@@ -351,6 +374,8 @@ def check_answer(request: Request, status: int, headers: Mapping[str, str], cont
 
 
 RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+# How a Messages stream ends: `message_stop`, or `event: error` (`{"type": "error", ...}`).
+MESSAGES_ENDS = frozenset({"message_stop"})
 
 
 def check_stream(text: str, what: str, *, events_are_json: bool = True) -> None:
@@ -364,5 +389,5 @@ def check_stream(text: str, what: str, *, events_are_json: bool = True) -> None:
     last = data[-1]  # [DONE], the API's own end, or the gateway's error event: JSON in every case
     event = json.loads(last) if last != "[DONE]" else {}
     # Chat and completions end with [DONE], the Responses API with its terminal event; a failure with an error.
-    ended = last == "[DONE]" or "error" in event or event.get("type") in RESPONSES_ENDS
+    ended = last == "[DONE]" or "error" in event or event.get("type") in RESPONSES_ENDS | MESSAGES_ENDS
     assert ended, f"a stream that just stops for {what}: {text[-300:]}"

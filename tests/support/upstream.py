@@ -59,8 +59,12 @@ def chat_chunk(content: str | None, finish: str | None = None, with_usage: bool 
 
 
 def echo_text(body: dict[str, Any]) -> str:
-    messages = body.get("messages") or []
-    last = messages[-1].get("content") if messages else body.get("prompt", body.get("input", ""))
+    # Whatever the gateway lets through (the fuzz sends odd bodies): this upstream answers, it never crashes.
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    if messages:
+        last = messages[-1].get("content") if isinstance(messages[-1], dict) else messages[-1]
+    else:
+        last = body.get("prompt", body.get("input", ""))
     return f"upstream heard {len(messages)} messages; last: {last}"
 
 
@@ -202,7 +206,7 @@ async def _stream(
         await response.write(
             _event({"type": "response.created", "response": {"id": "resp-up", "status": "in_progress"}})
         )
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
     with_usage = options.get("include_usage") is True and not behaviour.get("no_usage")
     for index in range(chunks):
         if index == behaviour.get("hold_after"):
