@@ -52,9 +52,9 @@ class LLMSpec(Spec):
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
-    api_key_header: str = Field(
-        default="Authorization",
-        description="`Authorization` sends `Bearer <key>`; any other header the bare key.",
+    api_key_header: str | None = Field(
+        default=None,
+        description="`Authorization` sends `Bearer <key>`; any other header the bare key. Default: the provider's.",
     )
     query: dict[str, str] = Field(default_factory=dict, description="Added to every upstream URL (api-version).")
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers added upstream.")
@@ -208,6 +208,7 @@ class Agent:
     api_key_header: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
+    default_headers: Mapping[str, str]  # the provider's, sent when the client sent none of that name
     defaults: Mapping[str, Any]
     system_prompt: str | None
     timeouts: Timeouts
@@ -274,9 +275,10 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
         description=spec.description,
         provider=llm.provider,
         targets=_unique_names(targets),
-        api_key_header=llm.api_key_header,
+        api_key_header=llm.api_key_header or provider(llm.provider).key_header,
         query=MappingProxyType(dict(llm.query)),
         headers=MappingProxyType(dict(llm.headers)),
+        default_headers=provider(llm.provider).default_headers,
         defaults=MappingProxyType(defaults),
         system_prompt=spec.system_prompt or None,
         timeouts=Timeouts(
@@ -295,6 +297,9 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
 def _compile_target(agent: str, llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
     key_env = target.api_key_env or llm.api_key_env or provider(llm.provider).key_env
     base_url = (target.base_url or llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/")
+    prefix = provider(llm.provider).path_prefix
+    if prefix and not base_url.endswith(prefix):
+        base_url += prefix  # `https://api.anthropic.com` as ANTHROPIC_BASE_URL spells it, called on /v1/messages
     return Target(
         name=target.name or urlsplit(base_url).netloc or llm.provider,
         base_url=base_url,

@@ -9,7 +9,7 @@ uses it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 
@@ -22,6 +22,10 @@ class Provider:
     base_url_env: str | None = None  # an environment variable that overrides `base_url`, as the provider's SDK reads
     key_env: str | None = None  # where the upstream key is read from when the agent names no variable
     needs_model: bool = True  # whether the agent must name the upstream model
+    key_header: str = "Authorization"  # where the upstream key goes (`Authorization` as `Bearer <key>`)
+    path_prefix: str = ""  # added to a base URL that does not end with it (Anthropic's base URL has no /v1)
+    # Sent when the client sent none of that name.
+    default_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def in_process(self) -> bool:
@@ -41,6 +45,17 @@ PROVIDERS: Mapping[str, Provider] = MappingProxyType(
                 key_env="OPENAI_API_KEY",
             ),
             Provider("openai-compatible", wire="openai", transport="http"),
+            Provider(
+                "anthropic",
+                wire="anthropic",
+                transport="http",
+                base_url="https://api.anthropic.com",
+                base_url_env="ANTHROPIC_BASE_URL",
+                key_env="ANTHROPIC_API_KEY",
+                key_header="x-api-key",
+                path_prefix="/v1",
+                default_headers=MappingProxyType({"anthropic-version": "2023-06-01"}),
+            ),
             # Answers in process, as the agent's own name: no network, no key (the bundled `demo` agent).
             Provider(
                 "mock",

@@ -73,7 +73,7 @@ class Proxy:
         exchange.agent = agent.name
         # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
         # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
-        translator = translator_for(door, wire_of(agent.provider))
+        translator = translator_for(door, wire_of(agent.provider), agent.name)
         upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
         upstream_body = translator.request(body) if translator is not None else body
         # A session keeps its history in one form, chat messages, whichever API a turn came through.

@@ -155,6 +155,8 @@ class HTTPUpstream:
                 f"(the gateway's operator must set {target.api_key_env})."
             )
         headers = dict(request.headers)
+        for name, value in agent.default_headers.items():
+            headers.setdefault(name, value)  # the client's own (a newer anthropic-version, say) wins
         headers.update(agent.headers)
         headers["content-type"] = "application/json"
         if target.api_key:

@@ -1,14 +1,19 @@
-"""Anthropic's Messages API behind the seam (protocols/wire.py), as a front door."""
+"""Anthropic's Messages API behind the seam (protocols/wire.py): a front door, and an upstream whose requests and
+streams pass through as they are (rewritten for the agent, metered)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from gateway.config.agents import Agent, StreamingSpec
 from gateway.errors import GatewayError
-from gateway.protocols.anthropic import messages
+from gateway.protocols.anthropic import messages, usage
+from gateway.protocols.wire import Outbound, StreamMeter, Usage
+from gateway.upstream.base import UpstreamResponse
 
 
-class AnthropicDoor:
+class AnthropicWire:
     name = "anthropic"
 
     def read(self, endpoint: messages.Endpoint, body: dict[str, Any]) -> tuple[str, bool]:
@@ -20,5 +25,31 @@ class AnthropicDoor:
     def error_event(self, error: GatewayError) -> bytes:
         return messages.error_event(error)
 
+    def outbound(
+        self,
+        endpoint: messages.Endpoint,
+        body: dict[str, Any],
+        agent: Agent,
+        *,
+        stream: bool,
+        default_max_tokens: int,
+        history: Sequence[dict[str, Any]] = (),
+    ) -> Outbound:
+        return usage.outbound(body, agent, stream=stream, default_max_tokens=default_max_tokens, history=history)
 
-ANTHROPIC = AnthropicDoor()
+    def prompt_estimate(self, body: dict[str, Any]) -> int:
+        return usage.prompt_estimate(body)
+
+    def usage(self, answer: Any) -> Usage | None:
+        return usage.usage_of(answer)
+
+    def meter(self, *, hide_usage: bool) -> StreamMeter:
+        return usage.StreamMeter()
+
+    async def replay(
+        self, response: UpstreamResponse, endpoint: messages.Endpoint, streaming: StreamingSpec
+    ) -> UpstreamResponse:
+        return response  # an Anthropic upstream streams itself: nothing is ever replayed
+
+
+ANTHROPIC = AnthropicWire()
