@@ -22,6 +22,8 @@ from procs import BenchError
 T = TypeVar("T")
 
 CHAT_BODY = b'{"model":"bench","messages":[{"role":"user","content":"Say ok."}],"max_tokens":8}'
+# The same request in Anthropic's Messages format, for the Messages door on the same OpenAI-shaped stand-in.
+MESSAGES_BODY = b'{"model":"bench","max_tokens":8,"messages":[{"role":"user","content":"Say ok."}]}'
 STREAM_BODY = b'{"model":"bench-stream","messages":[{"role":"user","content":"Count."}],"stream":true}'
 DONE = b"data: [DONE]"
 
@@ -50,7 +52,7 @@ class RateResult:
         return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[p - 1]
 
 
-async def fixed_rate(url: str, rate: float, seconds: float, api_key: str) -> RateResult:
+async def fixed_rate(url: str, rate: float, seconds: float, api_key: str, body: bytes = CHAT_BODY) -> RateResult:
     """Send `rate * seconds` requests on a fixed timetable, whether or not earlier ones have answered.
 
     A closed loop would wait for a slow answer before sending the next request and so hide the slowness
@@ -63,7 +65,7 @@ async def fixed_rate(url: str, rate: float, seconds: float, api_key: str) -> Rat
         async def one(due: float) -> float | None:
             lags.append(time.perf_counter() - due)
             try:
-                async with client.post(url, data=CHAT_BODY, headers=headers(api_key)) as response:
+                async with client.post(url, data=body, headers=headers(api_key)) as response:
                     await response.read()
                     ok = 200 <= response.status < 300
             except (aiohttp.ClientError, TimeoutError):

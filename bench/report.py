@@ -48,6 +48,7 @@ class Row:
 
 # The open-loop phase's name, with its rate (the metric `rate.rps`, 200 in runs that predate it) filled in.
 OPEN_LOOP = "{rate} req/s open loop"
+MESSAGES = "Messages door ({rate} req/s)"
 
 ROWS = (
     Row("saturation", "req/s", "sat.gateway.rps", "sat.direct.rps", 0,
@@ -75,6 +76,14 @@ ROWS = (
     Row(OPEN_LOOP, "failed requests", "rate.gateway.errors", "rate.direct.errors", 0,
         Target("rate.errors", "<=", 0, "0", check=True)),
     Row(OPEN_LOOP, "generator lag p99 ms", "rate.gateway.lag_p99_ms", "rate.direct.lag_p99_ms", 3),
+    Row(MESSAGES, "latency p50 ms, chat completions", "door.chat.p50_ms", None, 3),
+    Row(MESSAGES, "latency p50 ms, Messages (translated)", "door.messages.p50_ms", None, 3),
+    Row(MESSAGES, "CPU ms per request, chat completions", "door.chat.cpu_ms_per_req", None, 3),
+    Row(MESSAGES, "CPU ms per request, Messages (translated)", "door.messages.cpu_ms_per_req", None, 3),
+    Row(MESSAGES, "added by translation: p50 ms", "door.added_p50_ms", None, 3),
+    Row(MESSAGES, "added by translation: CPU ms per request", "door.added_cpu_ms", None, 3,
+        Target("door.added_cpu_ms", "<=", 0.1, "≤ 0.1")),
+    Row(MESSAGES, "failed requests", "door.errors", None, 0, Target("door.errors", "<=", 0, "0", check=True)),
     Row("one stream alone", "TTFB median ms", "ttfb.gateway.median_ms", "ttfb.direct.median_ms", 3),
     Row("one stream alone", "added TTFB ms (gateway - direct)", "ttfb.added_ms", None, 3,
         Target("ttfb.added_ms", "<=", 2.0, "≤ 2")),

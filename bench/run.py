@@ -325,6 +325,34 @@ def fixed_rate(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     return metrics, raw
 
 
+def messages_door(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
+    """The same request through the gateway as a chat completion and as an Anthropic Messages request (translated
+    both ways for the OpenAI-shaped stand-in), at the open loop's rate, taking turns: what translation adds."""
+    options = setup.options
+    metrics: report.Metrics = {}
+    raw: dict[str, Any] = {}
+    for name, path, body in (("chat", CHAT, loadgen.CHAT_BODY), ("messages", "/v1/messages", loadgen.MESSAGES_BODY)):
+        url = setup.gateway.url + path
+        say(f"open loop, gateway {path}: {options.rate:g} req/s, {options.rate_seconds:g}s measured")
+        loadgen.run(loadgen.fixed_rate(url, options.rate, options.warmup_seconds, options.api_key, body))
+        meter = CpuMeter(setup)
+        result = loadgen.run(loadgen.fixed_rate(url, options.rate, options.rate_seconds, options.api_key, body))
+        meter.stop()
+        setup.check_alive()
+        sent = len(result.latencies_ms) + result.errors
+        metrics |= {
+            f"door.{name}.p50_ms": result.percentile(50),
+            f"door.{name}.cpu_ms_per_req": meter.used["gateway"] / max(1, sent),
+            f"door.{name}.errors": result.errors,
+        }
+        raw[name] = {"sent": sent, "errors": result.errors, "cpu_ms": meter.used}
+        say(f"  p50 {result.percentile(50):.3f} ms, {result.errors} failed")
+    metrics["door.added_p50_ms"] = metrics["door.messages.p50_ms"] - metrics["door.chat.p50_ms"]
+    metrics["door.added_cpu_ms"] = metrics["door.messages.cpu_ms_per_req"] - metrics["door.chat.cpu_ms_per_req"]
+    metrics["door.errors"] = metrics["door.chat.errors"] + metrics["door.messages.errors"]
+    return metrics, raw
+
+
 def single_stream(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     options = setup.options
     urls = {"gateway": setup.gateway.url + CHAT, "direct": setup.stream.url + CHAT}
@@ -435,7 +463,7 @@ def measure(setup: Setup) -> tuple[report.Metrics, dict[str, Any]]:
     probe(setup)
     metrics: report.Metrics = {}
     raw: dict[str, Any] = {}
-    for phase in (saturation, wrong_key_flood, fixed_rate, single_stream, concurrent_streams):
+    for phase in (saturation, wrong_key_flood, fixed_rate, messages_door, single_stream, concurrent_streams):
         try:
             phase_metrics, phase_raw = phase(setup)
         except (aiohttp.ClientError, TimeoutError) as exc:

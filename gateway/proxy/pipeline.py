@@ -146,8 +146,7 @@ class Proxy:
                 if turn is not None:
                     relay.keep_reply(turn)
                 return relay
-            answer = await buffered(response, exchange, wire, turn)
-            return translated(answer, translator, model) if translator is not None else answer
+            return await buffered(response, exchange, wire, turn, (translator, model) if translator else None)
         except asyncio.CancelledError:
             if watch.left():
                 raise ClientDisconnect from None
@@ -182,9 +181,16 @@ class Proxy:
         return turn
 
 
-async def buffered(upstream: UpstreamResponse, exchange: Exchange, wire: Wire, turn: Turn | None = None) -> Response:
-    """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not. A
-    session's turn is stored before the answer goes out, so the client's next turn finds it."""
+async def buffered(
+    upstream: UpstreamResponse,
+    exchange: Exchange,
+    wire: Wire,
+    turn: Turn | None = None,
+    translate: tuple[Translator, str] | None = None,
+) -> Response:
+    """A whole upstream response: success bodies as they are, errors made OpenAI-shaped if they are not; or, with
+    `translate` (the translator and the model the client named), both in the client's format. A session's turn is
+    stored before the answer goes out, so the client's next turn finds it."""
     began = time.perf_counter()
     body = await upstream.read()
     exchange.upstream_ms += (time.perf_counter() - began) * 1000
@@ -198,26 +204,20 @@ async def buffered(upstream: UpstreamResponse, exchange: Exchange, wire: Wire, t
             exchange.completion_tokens = counted.completion_tokens
         if turn is not None:
             await turn.store_reply(reply_from_completion(parsed) if isinstance(parsed, dict) else None)
-    elif not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
-        body = orjson.dumps(upstream_error_payload(upstream.status, body))
-    # Both kinds are JSON now, whatever content type the upstream claimed.
-    response = Response(body, status_code=upstream.status, media_type=JSON)
-    response.raw_headers.extend(h for h in upstream.relay_headers() if h[0] != b"content-type")
-    return response
-
-
-def translated(answer: Response, translator: Translator, model: str) -> Response:
-    """A whole answer (already JSON, errors OpenAI-shaped) in the client's format: success bodies through the
-    translator, errors with the upstream's message in the client's error shape."""
-    parsed = orjson.loads(answer.body)
-    if answer.status_code < 300:
-        body = orjson.dumps(translator.answer(parsed, model=model))
-    else:
+        if translate is not None:
+            translator, model = translate
+            body = orjson.dumps(translator.answer(parsed if isinstance(parsed, dict) else {}, model=model))
+    elif translate is not None:
         error = parsed.get("error") if isinstance(parsed, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
-        body = translator.error(answer.status_code, message if isinstance(message, str) else "The upstream failed.")
-    response = Response(body, status_code=answer.status_code, media_type=JSON)
-    response.raw_headers.extend(h for h in answer.raw_headers if h[0] not in (b"content-type", b"content-length"))
+        if not isinstance(message, str):
+            message = upstream_error_payload(upstream.status, body)["error"]["message"]
+        body = translate[0].error(upstream.status, message)
+    elif not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
+        body = orjson.dumps(upstream_error_payload(upstream.status, body))
+    # Every kind is JSON now, whatever content type the upstream claimed.
+    response = Response(body, status_code=upstream.status, media_type=JSON)
+    response.raw_headers.extend(h for h in upstream.relay_headers() if h[0] != b"content-type")
     return response
 
 
