@@ -116,3 +116,13 @@ def test_before_done_drops_only_a_final_done_event() -> None:
     assert before_done(events) == b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n'
     assert before_done(b"data: [DONE]\n\n") == b""
     assert before_done(b'data: {"a": 1}\n\n') == b'data: {"a": 1}\n\n'
+
+
+def test_last_event_type_names_the_type_of_the_last_event_only() -> None:
+    from gateway.protocols.sse import last_event_type
+
+    stream = b'event: a\ndata: {"type":"message_delta"}\n\nevent: b\ndata: {"type":"message_stop"}\n\n'
+    assert last_event_type(stream) == "message_stop"
+    assert last_event_type(b"data: [DONE]\n\n") is None
+    assert last_event_type(b'data: {"type": 5}\n\n') is None
+    assert last_event_type(b"") is None

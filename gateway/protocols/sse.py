@@ -43,6 +43,18 @@ def before_done(events: bytes) -> bytes:
     return b"".join(iter_events(events)[:-1])
 
 
+def last_event_type(events: bytes) -> str | None:
+    """The `type` field of the last event in `events`, for APIs whose streams end with a named event (the Responses
+    and Messages APIs); None when that event is not a JSON object with a string type."""
+    found = iter_events(events)
+    try:
+        event = orjson.loads(event_data(found[-1])) if found else None
+    except orjson.JSONDecodeError:
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def error_event(payload: dict[str, Any]) -> bytes:
     """An OpenAI-shaped error as one SSE event; the OpenAI SDK raises `APIError` when it reads it."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"

@@ -73,7 +73,8 @@ class Proxy:
         exchange.agent = agent.name
         # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
         # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
-        translator = translator_for(door, wire_of(agent.provider), agent.name)
+        upstream_wire = wire_of(agent.provider)
+        translator = translator_for(door, upstream_wire, agent.name)
         upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
         upstream_body = translator.request(body) if translator is not None else body
         # A session keeps its history in one form, chat messages, whichever API a turn came through.
@@ -109,9 +110,7 @@ class Proxy:
             return prepared
 
         first = prepare(agent)
-        await self._guard.admit(
-            exchange, key=key, agent=agent, wire=wire_of(agent.provider), outbound=first, scope=request.scope
-        )
+        await self._guard.admit(exchange, key=key, agent=agent, wire=upstream_wire, outbound=first, scope=request.scope)
         # From here until the answer starts, a client that leaves cancels the work (a stream's relay watches the
         # client itself from its first event on).
         watch = DisconnectWatch(request.receive)

@@ -49,12 +49,7 @@ class Endpoint(enum.Enum):
         return "`message_stop`"
 
     def stream_ended(self, last: bytes) -> bool:
-        events = sse.iter_events(last)
-        try:
-            event = orjson.loads(sse.event_data(events[-1])) if events else None
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(event, dict) and event.get("type") in _ENDS
+        return sse.last_event_type(last) in _ENDS
 
 
 def error_type(status: int) -> str:

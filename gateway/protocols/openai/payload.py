@@ -6,8 +6,6 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from gateway.config.agents import Agent
 from gateway.errors import BadRequest
 from gateway.jsonbody import json_type
@@ -46,12 +44,7 @@ class Endpoint(enum.Enum):
         `.failed`, or `error`). A stream that stops short of it failed, and the client must hear so."""
         if self is not Endpoint.RESPONSES:
             return sse.ends_with_done(last)
-        events = sse.iter_events(last)
-        try:
-            event = orjson.loads(sse.event_data(events[-1])) if events else None
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(event, dict) and event.get("type") in _RESPONSES_ENDS
+        return sse.last_event_type(last) in _RESPONSES_ENDS
 
 
 # The events that end a Responses API stream, completed or not.
