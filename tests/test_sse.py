@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.errors import UpstreamBadResponse
-from gateway.protocols.sse import before_done, ends_with_done, error_event, split_events
+from gateway.protocols.sse import ends_with_done, error_event, split_events, without_last
 
 
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"], ids=["lf", "crlf", "cr"])
@@ -111,11 +111,13 @@ def test_mixed_line_endings_end_an_event() -> None:
     assert split_events(b"data: a\r\n\ndata: b") == (b"data: a\r\n\n", b"data: b")
 
 
-def test_before_done_drops_only_a_final_done_event() -> None:
+def test_without_last_drops_only_the_final_event() -> None:
     events = b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\ndata: [DONE]\n\n'
-    assert before_done(events) == b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n'
-    assert before_done(b"data: [DONE]\n\n") == b""
-    assert before_done(b'data: {"a": 1}\n\n') == b'data: {"a": 1}\n\n'
+    assert without_last(events) == b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n'
+    assert without_last(b"data: [DONE]\n\n") == b""
+    assert without_last(b"event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n") == (
+        b"event: message_delta\ndata: {}\n\n"
+    )
 
 
 def test_last_event_type_names_the_type_of_the_last_event_only() -> None:

@@ -13,8 +13,10 @@ from gateway.auth.door import agent_for, key_of
 from gateway.config.routing import RoutingTable
 from gateway.http import JSONResponse, read_body
 from gateway.protocols.anthropic import messages
+from gateway.protocols.anthropic.wire import ANTHROPIC
 from gateway.protocols.anthropic_to_openai import chat_request
 from gateway.protocols.openai.usage import estimate_prompt_tokens
+from gateway.protocols.registry import wire_of
 from gateway.proxy.pipeline import Proxy
 
 
@@ -28,11 +30,14 @@ class AnthropicEndpoints:
         return await self._proxy.forward(request, messages.Endpoint.MESSAGES)
 
     async def count_tokens(self, request: Request) -> Response:
-        """The gateway's estimate of the request's input tokens: its text (system, messages, tool definitions)
-        at four characters a token, as the token limits reserve them; the model must be one the key may use."""
+        """An agent on Anthropic's API: its upstream's count, for the request as the agent sends it. Any other:
+        the gateway's estimate of the request's input tokens, its text (system, messages, tool definitions) at
+        four characters a token, as the token limits reserve them. The model must be one the key may use."""
         body = jsonbody.parse(await read_body(request, self._max_body_bytes))
         model, _ = messages.read(messages.Endpoint.COUNT_TOKENS, body)
-        agent_for(self._routes(), key_of(request), model)
+        agent = agent_for(self._routes(), key_of(request), model)
+        if wire_of(agent.provider) is ANTHROPIC:
+            return await self._proxy.serve(request, messages.Endpoint.COUNT_TOKENS, body)
         chat = chat_request(body)
         tools = len(str(chat.get("tools", ""))) // 4 if chat.get("tools") else 0
         return JSONResponse({"input_tokens": estimate_prompt_tokens(chat) + tools})

@@ -97,8 +97,10 @@ class Guard:
         first: bool,
     ) -> None:
         # Only token buckets and quotas need the estimate; most requests skip walking their messages.
-        counts_tokens = key is not None and bool(
-            key.limits.tpm or key.quotas.tokens_per_day or key.quotas.tokens_per_month
+        counts_tokens = (
+            key is not None
+            and outbound.metered
+            and bool(key.limits.tpm or key.quotas.tokens_per_day or key.quotas.tokens_per_month)
         )
         prompt = wire.prompt_estimate(outbound.body) if counts_tokens else 0
         tokens = prompt + outbound.output_tokens if counts_tokens else 0

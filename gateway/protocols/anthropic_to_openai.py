@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.protocols import sse
+from gateway.protocols.anthropic.messages import Endpoint as MessagesEndpoint
 from gateway.protocols.anthropic.messages import error_payload, event_bytes
 from gateway.protocols.openai.payload import Endpoint as OpenAIEndpoint
 
@@ -26,8 +27,7 @@ def chat_request(body: dict[str, Any]) -> dict[str, Any]:
     system = _text_of(body.get("system"))
     if system:
         messages.append({"role": "system", "content": system})
-    for message in body.get("messages", []):
-        messages.extend(_messages(message))
+    messages += chat_messages(body)
     out: dict[str, Any] = {"model": body["model"], "messages": messages}
     for name, target in (("max_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
                          ("stop_sequences", "stop"), ("stream", "stream")):  # fmt: skip
@@ -50,6 +50,14 @@ def chat_request(body: dict[str, Any]) -> dict[str, Any]:
             out["parallel_tool_calls"] = False
     if out.get("stream"):
         out["stream_options"] = {"include_usage": True}  # the usage goes into message_delta
+    return out
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Messages request's messages as chat messages, its `system` apart (a client sends it with every turn)."""
+    out: list[dict[str, Any]] = []
+    for message in body.get("messages", []):
+        out.extend(_messages(message))
     return out
 
 
@@ -320,6 +328,8 @@ class StreamTranslator:
 class AnthropicToOpenAI:
     """The translator object the registry holds for (anthropic client, openai upstream)."""
 
+    endpoints = frozenset({MessagesEndpoint.MESSAGES})
+
     @property
     def upstream_endpoint(self) -> OpenAIEndpoint:
         return OpenAIEndpoint.CHAT
@@ -333,8 +343,8 @@ class AnthropicToOpenAI:
     def error(self, status: int, message: str) -> bytes:
         return orjson.dumps(error_payload(status, message))
 
-    def stream(self, *, model: str, input_estimate: int) -> StreamTranslator:
-        return StreamTranslator(model=model, input_estimate=input_estimate)
+    def stream(self, request: dict[str, Any], *, input_estimate: int) -> StreamTranslator:
+        return StreamTranslator(model=str(request.get("model")), input_estimate=input_estimate)
 
 
 TRANSLATOR = AnthropicToOpenAI()

@@ -36,10 +36,8 @@ def ends_with_done(events: bytes) -> bool:
     return last_line.startswith(_DONE_LINES)
 
 
-def before_done(events: bytes) -> bytes:
-    """`events` without the `data: [DONE]` event it ends with: what may still go out when the stream must fail."""
-    if not ends_with_done(events):
-        return events
+def without_last(events: bytes) -> bytes:
+    """`events` without its last event (a stream's end): what may still go out when the stream must fail."""
     return b"".join(iter_events(events)[:-1])
 
 

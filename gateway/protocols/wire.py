@@ -1,12 +1,12 @@
 """The protocol seam: what a wire format does for the gateway, on either side of it. Pure: no IO.
 
-A `Wire` is one API's format (OpenAI's today). As a **front door** it says how its clients hear of a failure: the
+A `Wire` is one API's format (OpenAI's, Anthropic's). As a **front door** it says how its clients hear of a failure: the
 error body, and the event that ends a stream already under way. As an **upstream** it says what an agent's
 upstream is sent (the client's body rewritten for the agent, once per agent) and how its answers are read: usage
 from a whole answer, usage and generated text metered out of a stream, a whole answer replayed as a stream for
 clients that asked for one. The wire a request's client speaks is chosen by path (registry.door_for), the one an
 agent's upstream speaks by its provider (config/providers.py). Where the two differ, a translator between them
-goes in between (protocols/<from>_<to>.py, the next protocol's work).
+goes in between (protocols/<client's>_to_<upstream's>.py, chosen in registry.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Outbound:
     stream: bool  # whether the upstream is asked to stream
     simulated: bool  # the client asked for a stream the agent cannot give: a whole answer, replayed as one
     hide_usage: bool  # the stream's usage was asked for by the gateway, not the client: it is taken out again
+    metered: bool = True  # whether it spends tokens at all (counting them does not): token limits leave it be
 
     def for_target(self, target: Target) -> dict[str, Any]:
         """The body for one attempt on `target`, which may name its own model."""
@@ -97,6 +98,10 @@ class Door(Protocol):
     def error_event(self, error: GatewayError) -> bytes:
         """The event that ends a stream already under way with `error`, so that the client's SDK raises."""
 
+    def session_messages(self, endpoint: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The messages a client adds to a session with this request, as sessions keep them whatever the API:
+        chat messages. A `BadRequest` for an endpoint that keeps no session."""
+
 
 class StreamTranslator(Protocol):
     def feed(self, events: bytes) -> bytes:
@@ -105,6 +110,8 @@ class StreamTranslator(Protocol):
 
 class Translator(Protocol):
     """A client's wire format in front of an upstream that speaks another: one pure module per pair."""
+
+    endpoints: frozenset[Any]  # the client's endpoints it translates
 
     @property
     def upstream_endpoint(self) -> Endpoint:
@@ -119,7 +126,9 @@ class Translator(Protocol):
     def error(self, status: int, message: str) -> bytes:
         """An upstream's error answer in the client's format."""
 
-    def stream(self, *, model: str, input_estimate: int) -> StreamTranslator: ...
+    def stream(self, request: dict[str, Any], *, input_estimate: int) -> StreamTranslator:
+        """A translator for the stream answering the client's `request` (`input_estimate`: its input tokens as
+        the gateway estimates them, for a format that tells them before the upstream does)."""
 
 
 class Wire(Door, Protocol):

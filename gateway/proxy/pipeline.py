@@ -16,15 +16,13 @@ from gateway import jsonbody
 from gateway.auth.door import agent_for, key_of
 from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
-from gateway.errors import BadRequest, UpstreamBadResponse
+from gateway.errors import UpstreamBadResponse
 from gateway.exchange import Exchange, exchange_of
 from gateway.http import DisconnectWatch, read_body
 from gateway.keys import KeyRecord
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
-from gateway.protocols.openai import payload
-from gateway.protocols.openai.payload import Endpoint
-from gateway.protocols.registry import door_for, translator_for, wire_of
+from gateway.protocols.registry import chat_view, door_for, translator_for, wire_of
 from gateway.protocols.wire import Endpoint as WireEndpoint
 from gateway.protocols.wire import Outbound, Translator, Wire
 from gateway.proxy.dispatcher import Dispatcher
@@ -74,21 +72,16 @@ class Proxy:
         # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
         # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
         upstream_wire = wire_of(agent.provider)
-        translator = translator_for(door, upstream_wire, agent.name)
+        translator = translator_for(door, endpoint, upstream_wire, agent.name)
         upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
         upstream_body = translator.request(body) if translator is not None else body
-        # A session keeps its history in one form, chat messages, whichever API a turn came through.
+        # A session keeps its history in one form, chat messages, whichever API a turn came through; each
+        # upstream's rewrite puts it in its own.
         session_id = requested_id(request.scope["headers"], body)
         turn = None
         if session_id is not None:
             turn = await self._continue_session(
-                request,
-                session_id,
-                endpoint=upstream_endpoint,
-                body=upstream_body,
-                agent=agent,
-                key=key,
-                translated=translator is not None,
+                request, session_id, messages=door.session_messages(endpoint, body), agent=agent, key=key
             )
         history = turn.history if turn is not None else ()
 
@@ -139,11 +132,12 @@ class Proxy:
                     prompt_estimate,
                     door=door,
                     endpoint=upstream_endpoint,
-                    translator=translator.stream(model=model, input_estimate=prompt_estimate) if translator else None,
+                    translator=translator.stream(body, input_estimate=prompt_estimate) if translator else None,
                     metrics=self._metrics,
                 )
                 if turn is not None:
-                    relay.keep_reply(turn)
+                    view = chat_view(wire)
+                    relay.keep_reply(turn, view.stream(body, input_estimate=0) if view is not None else None)
                 return relay
             return await buffered(response, exchange, wire, turn, (translator, model) if translator else None)
         except asyncio.CancelledError:
@@ -158,20 +152,12 @@ class Proxy:
         request: Request,
         session_id: str,
         *,
-        endpoint: WireEndpoint,
-        body: dict[str, Any],
+        messages: list[dict[str, Any]],
         agent: Agent,
         key: KeyRecord | None,
-        translated: bool,
     ) -> Turn:
         """The session the request names: its history goes in front of the client's messages upstream, and what
-        the client adds is stored with the reply. A translated request's system text is sent again with every turn
-        (the Messages API has it apart from the messages), so it is not stored."""
-        if endpoint is not Endpoint.CHAT:
-            raise BadRequest("Sessions work with /v1/chat/completions and /v1/messages only.", param="session_id")
-        messages = payload.messages_of(body)
-        if translated:
-            messages = [message for message in messages if message.get("role") != "system"]
+        the client adds (`messages`) is stored with the reply."""
         turn = await self._sessions.open(agent, key.id if key is not None else None, session_id)
         exchange = exchange_of(request.scope)
         exchange.session_id = turn.session.id
@@ -202,7 +188,9 @@ async def buffered(
             exchange.prompt_tokens = counted.prompt_tokens
             exchange.completion_tokens = counted.completion_tokens
         if turn is not None:
-            await turn.store_reply(reply_from_completion(parsed) if isinstance(parsed, dict) else None)
+            view = chat_view(wire)  # the reply is stored as a chat message, whatever the upstream's format
+            chat = view.answer(parsed, model="") if view is not None and isinstance(parsed, dict) else parsed
+            await turn.store_reply(reply_from_completion(chat) if isinstance(chat, dict) else None)
         if translate is not None:
             translator, model = translate
             body = orjson.dumps(translator.answer(parsed if isinstance(parsed, dict) else {}, model=model))

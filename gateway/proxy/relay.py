@@ -63,12 +63,15 @@ class StreamRelay(Response):
         self.started = False
         self.turn: Turn | None = None
         self.assembler: ReplyAssembler | None = None
+        self.chat_view: StreamTranslator | None = None
 
-    def keep_reply(self, turn: Turn) -> None:
-        """Assemble the reply from the events relayed, and store it in the session before `[DONE]` goes out: the
-        client's next turn, sent as soon as it has read `[DONE]`, finds this one."""
+    def keep_reply(self, turn: Turn, chat_view: StreamTranslator | None = None) -> None:
+        """Assemble the reply from the events relayed (as chat chunks: through `chat_view` where the upstream
+        speaks another format), and store it in the session before the stream's end goes out: the client's next
+        turn, sent as soon as it has read it, finds this one."""
         self.turn = turn
         self.assembler = ReplyAssembler()
+        self.chat_view = chat_view
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -124,15 +127,16 @@ class StreamRelay(Response):
                 events = self.meter.feed(events) if events else events
                 if not events:
                     continue
+                last = events
+                out = self.translator.feed(events) if self.translator is not None else events
                 if self.assembler is not None:
                     try:
                         await self._follow(events)
                     except GatewayError:
-                        # The reply could not be stored: the client gets all of it but `[DONE]`, then the error.
-                        await self._send(send, sse.before_done(events))
+                        # The reply could not be stored: the client gets all of it but the stream's end (the last
+                        # event: the reply is stored when the upstream's end arrives), then the error.
+                        await self._send(send, sse.without_last(out))
                         raise
-                last = events
-                out = self.translator.feed(events) if self.translator is not None else events
                 if out:
                     await self._send(send, out)
         except GatewayError as exc:  # the upstream's failure, or one of ours (a store that went away)
@@ -160,8 +164,9 @@ class StreamRelay(Response):
     async def _follow(self, events: bytes) -> None:
         assert self.assembler is not None
         assert self.turn is not None
-        self.assembler.feed(events)
-        if sse.ends_with_done(events):
+        chat = self.chat_view.feed(events) if self.chat_view is not None else events
+        self.assembler.feed(chat)
+        if sse.ends_with_done(chat):
             await self.turn.store_reply(self.assembler.message())
 
     async def _keep_partial(self) -> None:

@@ -5,6 +5,10 @@ input and cache tokens, a ping, a text block in three deltas, message_delta with
 A request may carry `x-test-behaviour: <json>` (the gateway forwards it):
     {"status": 529}        answer that status with an Anthropic error body (`overloaded_error` for 529)
     {"drop_after": 2}      stream: abort the connection after that many text deltas
+    {"error_after": 2}     stream: send `event: error` (overloaded) after that many text deltas, and stop
+A request that offers tools, and whose last message is not a tool result, is answered with a short text and a call
+of the first tool (`{"city": "Paris", "days": 2}`; streamed as `input_json_delta` pieces).
+`POST /v1/messages/count_tokens` answers `{"input_tokens": 1000 + the number of messages}`.
 Every request is recorded under its `x-request-id`: GET /_requests/{id} gives its path, headers and body.
 
 Run: python tests/support/anthropic_upstream.py --port N
@@ -33,21 +37,50 @@ def heard(body: dict[str, Any]) -> str:
     return f"anthropic heard {len(messages)} messages; last: {last}"
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
-    body = await request.json()
+TOOL_INPUT = ('{"city": ', '"Paris", "days": 2}')
+
+
+def record(request: web.Request, body: Any) -> None:
     request_id = request.headers.get("x-request-id", "anon")
     request.app[RECORDS][request_id] = {"path": request.path, "body": body,
                                         "headers": {k.lower(): v for k, v in request.headers.items()}}  # fmt: skip
+
+
+def calls_tool(body: dict[str, Any]) -> str | None:
+    """The tool this answer calls: the first one offered, unless the conversation is answering a call already."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    last = body["messages"][-1].get("content") if body.get("messages") else None
+    if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
+        return None
+    return str(tools[0].get("name"))
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body = await request.json()
+    record(request, body)
+    return web.json_response({"input_tokens": 1000 + len(body.get("messages", []))})
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    record(request, body)
     behaviour = json.loads(request.headers.get("x-test-behaviour", "{}"))
     if "status" in behaviour:
         status = behaviour["status"]
         error = {"type": "error", "error": {"type": ERRORS.get(status, "api_error"), "message": "upstream says no"}}
         return web.json_response(error, status=status)
     text = heard(body)
+    tool = calls_tool(body)
+    stop = "tool_use" if tool else "end_turn"
     if not body.get("stream"):
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if tool:
+            content.append({"type": "tool_use", "id": "toolu_up1", "name": tool,
+                            "input": json.loads("".join(TOOL_INPUT))})  # fmt: skip
         message = {"id": "msg_up", "type": "message", "role": "assistant", "model": body.get("model"),
-                   "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-                   "usage": USAGE}  # fmt: skip
+                   "content": content, "stop_reason": stop, "stop_sequence": None, "usage": USAGE}  # fmt: skip
         return web.json_response(message)
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
@@ -62,10 +95,23 @@ async def messages(request: web.Request) -> web.StreamResponse:
             assert request.transport is not None
             request.transport.abort()
             return response
+        if index == behaviour.get("error_after"):
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded mid-stream"}}
+            await response.write(_event(error))
+            await response.write_eof()
+            return response
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
         await response.write(_event(delta))
     await response.write(_event({"type": "content_block_stop", "index": 0}))
-    await response.write(_event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    if tool:
+        block = {"type": "tool_use", "id": "toolu_up1", "name": tool, "input": {}}
+        await response.write(_event({"type": "content_block_start", "index": 1, "content_block": block}))
+        for piece in TOOL_INPUT:
+            delta = {"type": "content_block_delta", "index": 1,
+                     "delta": {"type": "input_json_delta", "partial_json": piece}}  # fmt: skip
+            await response.write(_event(delta))
+        await response.write(_event({"type": "content_block_stop", "index": 1}))
+    await response.write(_event({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                                  "usage": {"output_tokens": 11}}))  # fmt: skip
     await response.write(_event({"type": "message_stop"}))
     await response.write_eof()
@@ -89,6 +135,7 @@ def main() -> None:
     app = web.Application()
     app[RECORDS] = {}
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_get("/_requests/{request_id}", get_record)
     app.router.add_get("/_health", health)
     web.run_app(app, host="127.0.0.1", port=options.port, print=None)

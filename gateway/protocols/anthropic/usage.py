@@ -10,13 +10,17 @@ import orjson
 
 from gateway.config.agents import Agent
 from gateway.errors import BadRequest
-from gateway.protocols import sse
+from gateway.protocols import openai_to_anthropic, sse
+from gateway.protocols.anthropic.messages import Endpoint
 from gateway.protocols.openai.usage import estimate_tokens, text_chars
 from gateway.protocols.wire import MAX_TOKENS, Outbound, Usage
 
 # Generated text inside stream events: text, thinking and tool-argument deltas.
 _GENERATED = re.compile(rb'"(?:text|thinking|partial_json)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _USAGE_EVENTS = (b'"message_start"', b'"message_delta"')
+# What a count_tokens request does not take: it generates nothing.
+_GENERATION_FIELDS = ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata",
+                      "service_tier")  # fmt: skip
 
 
 def usage_of(answer: Any) -> Usage | None:
@@ -38,6 +42,7 @@ def prompt_estimate(body: dict[str, Any]) -> int:
 
 
 def outbound(
+    endpoint: Endpoint,
     body: dict[str, Any],
     agent: Agent,
     *,
@@ -46,24 +51,31 @@ def outbound(
     history: Sequence[dict[str, Any]] = (),
 ) -> Outbound:
     """A Messages request rewritten for the agent's Anthropic upstream, without touching `body`: the upstream
-    model, the agent's defaults, its system prompt before the client's, `max_tokens` held to the agent's
-    ceiling (clamped, or refused)."""
-    if history:
-        raise BadRequest("Sessions are not kept for agents on an Anthropic upstream yet.", param="session_id")
+    model, a session's `history` (chat messages) in front of the client's messages, the agent's system prompt
+    before the client's, its defaults, and `max_tokens` held to the agent's ceiling (clamped, or refused). A
+    count_tokens request gets the model, history and system prompt only: it takes no generation settings."""
     if stream and not agent.streams:
         raise BadRequest(f"Model `{agent.name}` does not stream.", param="stream")
     out = dict(body)
     out.pop("session_id", None)
     out["model"] = agent.upstream_model
-    for name, value in agent.defaults.items():
-        if name in ("temperature", "top_p", "top_k", "max_tokens") and name not in out:
-            out[name] = value
+    if history:
+        out["system"], out["messages"] = _with_history(history, out.get("system"), out.get("messages") or [])
     if agent.system_prompt:
         system = out.get("system")
         if isinstance(system, list):
             out["system"] = [{"type": "text", "text": agent.system_prompt}, *system]
         else:
             out["system"] = agent.system_prompt + (f"\n\n{system}" if system else "")
+    if not out.get("system"):
+        out.pop("system", None)
+    if endpoint is Endpoint.COUNT_TOKENS:
+        for name in _GENERATION_FIELDS:
+            out.pop(name, None)
+        return Outbound(out, 0, False, simulated=False, hide_usage=False, metered=False)
+    for name, value in agent.defaults.items():
+        if name in ("temperature", "top_p", "top_k", "max_tokens") and name not in out:
+            out[name] = value
     asked = out.get("max_tokens")
     requested: int = asked if isinstance(asked, int) and not isinstance(asked, bool) else default_max_tokens
     ceiling = agent.spec.limits.max_tokens_per_request
@@ -73,8 +85,28 @@ def outbound(
                 f"max_tokens: {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request",
                 param="max_tokens",
             )
-        out["max_tokens"] = requested = ceiling
+        requested = ceiling
+    out["max_tokens"] = requested  # required by the Messages API: an OpenAI client may have named none
     return Outbound(out, requested, stream, simulated=False, hide_usage=False)
+
+
+def _with_history(history: Sequence[dict[str, Any]], system: Any, client: list[Any]) -> tuple[Any, list[Any]]:
+    """A session's history (chat messages) put in front of the client's Messages: the history's system text
+    before the client's, and the client's first turn joined to the history's last when both are one role."""
+    kept_system, earlier = openai_to_anthropic.messages_of(history)
+    if kept_system:
+        if isinstance(system, list):
+            system = [{"type": "text", "text": kept_system}, *system]
+        else:
+            system = kept_system + (f"\n\n{system}" if system else "")
+    messages = [*earlier, *client]
+    if earlier and client and isinstance(client[0], dict) and client[0].get("role") == earlier[-1]["role"]:
+        first = client[0].get("content")
+        blocks = [{"type": "text", "text": first}] if isinstance(first, str) else list(first or [])
+        messages[len(earlier) - 1 : len(earlier) + 1] = [
+            {"role": earlier[-1]["role"], "content": [*earlier[-1]["content"], *blocks]}
+        ]
+    return system, messages
 
 
 class StreamMeter:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.config.agents import Agent, StreamingSpec
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
+from gateway.protocols import anthropic_to_openai
 from gateway.protocols.anthropic import messages, usage
 from gateway.protocols.wire import Outbound, StreamMeter, Usage
 from gateway.upstream.base import UpstreamResponse
@@ -25,6 +26,11 @@ class AnthropicWire:
     def error_event(self, error: GatewayError) -> bytes:
         return messages.error_event(error)
 
+    def session_messages(self, endpoint: messages.Endpoint, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if endpoint is not messages.Endpoint.MESSAGES:
+            raise BadRequest("Sessions work with /v1/chat/completions and /v1/messages only.", param="session_id")
+        return anthropic_to_openai.chat_messages(body)
+
     def outbound(
         self,
         endpoint: messages.Endpoint,
@@ -35,7 +41,9 @@ class AnthropicWire:
         default_max_tokens: int,
         history: Sequence[dict[str, Any]] = (),
     ) -> Outbound:
-        return usage.outbound(body, agent, stream=stream, default_max_tokens=default_max_tokens, history=history)
+        return usage.outbound(
+            endpoint, body, agent, stream=stream, default_max_tokens=default_max_tokens, history=history
+        )
 
     def prompt_estimate(self, body: dict[str, Any]) -> int:
         return usage.prompt_estimate(body)

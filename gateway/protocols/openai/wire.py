@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.config.agents import Agent, StreamingSpec
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
 from gateway.protocols import sse
 from gateway.protocols.openai import payload, simulate, usage
 from gateway.protocols.openai.payload import Endpoint
@@ -27,6 +27,11 @@ class OpenAIWire:
 
     def error_event(self, error: GatewayError) -> bytes:
         return sse.error_event(error.payload())
+
+    def session_messages(self, endpoint: Endpoint, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if endpoint is not Endpoint.CHAT:
+            raise BadRequest("Sessions work with /v1/chat/completions and /v1/messages only.", param="session_id")
+        return payload.messages_of(body)
 
     def outbound(
         self,
