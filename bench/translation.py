@@ -1,13 +1,16 @@
 """What translating between Anthropic's Messages API and OpenAI's chat completions costs, per request and per
-streamed event: the pure functions alone, in this process, so that nothing else on the machine is measured.
+streamed event, in both directions: the pure functions alone, in this process, so that nothing else on the machine
+is measured.
 
-    .venv/bin/python bench/translation.py            # about 10 s
+    .venv/bin/python bench/translation.py            # about 20 s
     .venv/bin/python bench/translation.py --quick    # smoke run
 
-A request is a Messages request (system, three turns, one tool) into a chat completion plus the completion's
-answer back into a message; an event is one text chunk of a 20-chunk stream through the stream translator (its
-`message_start`, block starts and stops and closing events counted in). Medians of 7 rounds; targets from issue 14:
-at most 0.1 ms per request and 5 µs per event.
+Anthropic clients of an OpenAI upstream: a request is a Messages request (system, three turns, one tool) into a
+chat completion plus the completion's answer back into a message; an event is one text chunk of a 20-chunk stream
+through the stream translator (its `message_start`, block starts and stops and closing events counted in). OpenAI
+clients of an Anthropic upstream: the same conversation as a chat request into Messages and the message back, and
+a 20-delta Messages stream into chat chunks. Medians of 7 rounds; targets from issue 14: at most 0.1 ms per request
+and 5 µs per event.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import statistics
 import time
 from typing import Any
 
-from gateway.protocols.anthropic_to_openai import StreamTranslator, chat_request, message_answer
+from gateway.protocols import anthropic_to_openai, openai_to_anthropic
+from gateway.protocols.anthropic_to_openai import chat_request, message_answer
 
 REQUEST: dict[str, Any] = {
     "model": "agent",
@@ -58,19 +62,55 @@ def stream_bytes() -> bytes:
     return b"".join(events) + b"data: [DONE]\n\n"
 
 
-def per_request_us(iterations: int) -> float:
+def messages_stream_bytes() -> bytes:
+    """A 20-delta text stream as Anthropic sends it (compact JSON, named events), from message_start to
+    message_stop."""
+
+    def event(data: dict[str, Any]) -> bytes:
+        return f"event: {data['type']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+    usage = {"input_tokens": 180, "output_tokens": 1}
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": "up", "content": [],
+             "stop_reason": None, "stop_sequence": None, "usage": usage}  # fmt: skip
+    block = {"type": "text", "text": ""}
+    events = [event({"type": "message_start", "message": start}),
+              event({"type": "content_block_start", "index": 0, "content_block": block})]  # fmt: skip
+    for index in range(CHUNKS):
+        delta = {"type": "text_delta", "text": f"word{index} and more "}
+        events.append(event({"type": "content_block_delta", "index": 0, "delta": delta}))
+    events += [event({"type": "content_block_stop", "index": 0}),
+               event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                      "usage": {"output_tokens": 70}}),
+               event({"type": "message_stop"})]  # fmt: skip
+    return b"".join(events)
+
+
+CHAT_REQUEST = chat_request(REQUEST)
+MESSAGE = message_answer(COMPLETION, model="agent")
+
+
+def per_request_us(iterations: int, *, reverse: bool) -> float:
     began = time.perf_counter()
-    for _ in range(iterations):
-        chat_request(REQUEST)
-        message_answer(COMPLETION, model="agent")
+    if reverse:
+        for _ in range(iterations):
+            openai_to_anthropic.messages_request(CHAT_REQUEST)
+            openai_to_anthropic.completion(MESSAGE, model="agent")
+    else:
+        for _ in range(iterations):
+            chat_request(REQUEST)
+            message_answer(COMPLETION, model="agent")
     return (time.perf_counter() - began) / iterations * 1e6
 
 
-def per_event_us(iterations: int, events: list[bytes]) -> float:
+def per_event_us(iterations: int, events: list[bytes], *, reverse: bool) -> float:
     """Each event fed on its own, as a relay reading one event per socket read would: the dearest case."""
     began = time.perf_counter()
     for _ in range(iterations):
-        translator = StreamTranslator(model="agent", input_estimate=180)
+        translator = (
+            openai_to_anthropic.StreamTranslator(model="agent", include_usage=True)
+            if reverse
+            else anthropic_to_openai.StreamTranslator(model="agent", input_estimate=180)
+        )
         for event in events:
             translator.feed(event)
     return (time.perf_counter() - began) / (iterations * CHUNKS) * 1e6
@@ -81,13 +121,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     options = parser.parse_args()
     iterations = 500 if options.quick else 5_000
-    events = [e + b"\n\n" for e in stream_bytes().split(b"\n\n") if e]
-    requests = statistics.median(per_request_us(iterations) for _ in range(7))
-    streamed = statistics.median(per_event_us(iterations // 5, events) for _ in range(7))
     print("| measure | median µs | target |")
     print("|---|--:|---|")
-    print(f"| a request: Messages → chat completion, and the answer back | {requests:.1f} | ≤ 100 |")
-    print(f"| a streamed text event (its share of the stream's opening and closing included) | {streamed:.2f} | ≤ 5 |")
+    for reverse, stream, request_name in (
+        (False, stream_bytes(), "Messages → chat completion, and the answer back"),
+        (True, messages_stream_bytes(), "chat completion → Messages, and the answer back"),
+    ):
+        events = [e + b"\n\n" for e in stream.split(b"\n\n") if e]
+        requests = statistics.median(per_request_us(iterations, reverse=reverse) for _ in range(7))
+        streamed = statistics.median(per_event_us(iterations // 5, events, reverse=reverse) for _ in range(7))
+        into = "chat chunks" if reverse else "Messages events"
+        print(f"| a request: {request_name} | {requests:.1f} | ≤ 100 |")
+        print(f"| a streamed text event into {into} (its share of the opening and closing included) "
+              f"| {streamed:.2f} | ≤ 5 |")  # fmt: skip
 
 
 if __name__ == "__main__":

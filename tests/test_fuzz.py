@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 
 from tests.conftest import E2E_CONFIG, UPSTREAM_KEY
 from tests.support import fuzz
-from tests.support.processes import Process, free_port, start_gateway
+from tests.support.processes import ROOT, Process, free_port, start_gateway
 from tests.support.redis import start_redis
 
 ADMIN_KEY = "admin-secret-for-the-fuzz-0123456789"
@@ -78,13 +79,38 @@ class Target:
         return response
 
 
+# An agent on the Anthropic-shaped upstream: the OpenAI door's bodies cross to it translated, the Messages door's
+# pass through.
+ANTHROPIC_AGENT = """\
+  - name: test-claude
+    llm: {{provider: anthropic, model: claude-up, base_url: "{anthropic}", api_key_env: TEST_UPSTREAM_KEY, timeout: 5}}
+    session: {{enabled: true}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def anthropic_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "tests/support/anthropic_upstream.py"), "--port", str(port)]
+    process = Process("anthropic-upstream", argv, port, tmp_path_factory.mktemp("fuzz-anthropic-upstream"))
+    process.wait_ready("/_health")
+    yield process
+    process.stop()
+
+
 @pytest.fixture(scope="module", params=["embedded", "redis"])
 def target(
-    request: pytest.FixtureRequest, upstream: Process, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    upstream: Process,
+    anthropic_upstream: Process,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Target]:
     directory = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     config = directory / "agents.yaml"
-    config.write_text(E2E_CONFIG.format(upstream=upstream.url, dead_port=free_port()))
+    config.write_text(E2E_CONFIG.format(upstream=upstream.url, dead_port=free_port()) + ANTHROPIC_AGENT.format(
+        anthropic=anthropic_upstream.url))  # fmt: skip
     env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_UPSTREAM_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(directory)}
     redis = None
     if request.param == "redis":
@@ -120,7 +146,7 @@ def _with_keys_and_sessions(process: Process, admin: httpx.Client) -> Target:
     assert key.status_code == victim.status_code == 201, key.text + victim.text
     secret = key.json()["secret"]
     sessions = {}
-    for agent in ("test-chat", "test-nostream", "test-bounded"):
+    for agent in ("test-chat", "test-nostream", "test-bounded", "test-claude"):
         created = httpx.post(
             process.url + "/v1/sessions", json={"agent_name": agent}, headers={"authorization": f"Bearer {secret}"}
         )

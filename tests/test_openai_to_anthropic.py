@@ -130,3 +130,19 @@ def test_what_would_change_the_answer_if_dropped_is_refused_by_name(body: dict[s
     with pytest.raises(BadRequest) as caught:
         messages_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
     assert caught.value.param == param
+
+
+def test_events_fed_one_by_one_translate_as_one_block_does() -> None:
+    """The relay's common read, one event as Anthropic writes it, takes a shorter path: it must say the same."""
+    recorded = (FIXTURES / "anthropic_stream_two_tools.sse").read_bytes()
+    tricky = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":1,' + (
+        b'"delta":{"type":"text_delta","text":"a \\"quote\\"}} and \\u00e9"}}\n\n'
+    )
+    events = sse.iter_events(recorded)
+    events.insert(9, tricky)  # inside the text block
+    one_by_one = StreamTranslator(model="claude", include_usage=True)
+    whole = StreamTranslator(model="claude", include_usage=True)
+    split = b"".join(one_by_one.feed(event) for event in events)
+    assert chunks_of(split) == chunks_of(whole.feed(b"".join(events)))
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks_of(split)[0] if c["choices"]]
+    assert 'a "quote"}} and é' in texts

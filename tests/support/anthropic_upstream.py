@@ -60,14 +60,28 @@ def calls_tool(body: dict[str, Any]) -> str | None:
 async def count_tokens(request: web.Request) -> web.Response:
     body = await request.json()
     record(request, body)
-    return web.json_response({"input_tokens": 1000 + len(body.get("messages", []))})
+    messages = body.get("messages") if isinstance(body, dict) else None
+    return web.json_response({"input_tokens": 1000 + (len(messages) if isinstance(messages, list) else 0)})
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
+    """Never a 500 of its own, whatever the gateway lets through (the fuzz counts any 500 as the gateway's): a body
+    it cannot read is a 400, as Anthropic would answer it."""
+    try:
+        return await answer(request)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": f"unreadable: {exc!r}"}}
+        return web.json_response(error, status=400)
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     record(request, body)
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise ValueError("messages: must be an array")
     behaviour = json.loads(request.headers.get("x-test-behaviour", "{}"))
-    if "status" in behaviour:
+    behaviour = behaviour if isinstance(behaviour, dict) else {}
+    if isinstance(behaviour.get("status"), int) and behaviour["status"] != 500:
         status = behaviour["status"]
         error = {"type": "error", "error": {"type": ERRORS.get(status, "api_error"), "message": "upstream says no"}}
         return web.json_response(error, status=status)

@@ -69,6 +69,7 @@ MODELS = [
     "test-nostream",
     "test-auto",
     "test-dead",
+    "test-claude",
 ]
 ODD_MODELS = ["nope", "test-chat/x", "", " test-chat", "TEST-CHAT", "\u00e9", "*", "test-*"]
 # Upstream misbehaviour the test upstream performs on request (`x-test-behaviour`, forwarded by the gateway). None
