@@ -310,6 +310,19 @@ def tree_cpu_ms(pid: int) -> float:
     return total
 
 
+def tree_run_ms(pid: int) -> float:
+    """Like `tree_cpu_ms`, from the scheduler's nanosecond count of every thread (/proc/<pid>/task/*/schedstat)
+    rather than utime + stime, which are sampled at the timer tick: over a few seconds of light load that sampling
+    alone is off by several percent, as much as the small differences some phases look for."""
+    total = 0
+    for member in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{member}/task"):
+                with open(f"/proc/{member}/task/{task}/schedstat") as schedstat:
+                    total += int(schedstat.read().split()[0])
+    return total / 1e6
+
+
 def group_cpu_ms(pgid: int) -> float:
     """CPU time of every live process in a process group: nginx's master and worker together, say."""
     total = 0.0
