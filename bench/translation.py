@@ -50,15 +50,21 @@ CHUNKS = 20
 
 
 def stream_bytes() -> bytes:
-    """A 20-chunk text stream as an OpenAI upstream sends it, with the usage chunk and [DONE]."""
+    """A 20-chunk text stream as OpenAI sends it (compact JSON, `usage` null until the usage chunk, since the
+    gateway asks for it), with the usage chunk and [DONE]."""
+
+    def event(chunk: dict[str, Any]) -> bytes:
+        head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up",
+                "system_fingerprint": "fp_1"}  # fmt: skip
+        return b"data: " + json.dumps(head | chunk, separators=(",", ":")).encode() + b"\n\n"
+
     events = []
     for index in range(CHUNKS):
-        choice = {"index": 0, "delta": {"content": f"word{index} and more "}, "finish_reason": None}
-        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "up", "choices": [choice]}
-        events.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-    done = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    usage = {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20}}
-    events += [b"data: " + json.dumps(done).encode() + b"\n\n", b"data: " + json.dumps(usage).encode() + b"\n\n"]
+        choice = {"index": 0, "delta": {"content": f"word{index} and more "}, "logprobs": None, "finish_reason": None}
+        events.append(event({"choices": [choice], "usage": None}))
+    done = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    events.append(event({"choices": [done], "usage": None}))
+    events.append(event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20}}))
     return b"".join(events) + b"data: [DONE]\n\n"
 
 

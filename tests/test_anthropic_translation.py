@@ -73,6 +73,27 @@ def test_a_stream_with_thinking_text_and_two_tool_calls_becomes_messages_events(
                               "cache_creation_input_tokens": 0}  # fmt: skip
 
 
+def test_events_fed_one_by_one_translate_as_one_block_does() -> None:
+    """The relay's common read, one text chunk as OpenAI writes it, takes a shorter path: it must say the same, for
+    every text a JSON string can hold and for chunks that only look like text."""
+    recorded = sse.iter_events((FIXTURES / "chat_stream_two_tools.sse").read_bytes())
+    head = b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+    odd = [
+        b'"choices":[{"index":0,"delta":{"content":"say \\"hi\\" \\\\ \\u00e9 \xc3\xa9"},"logprobs":null,'
+        b'"finish_reason":null}],"usage":null}',
+        b'"choices":[{"index":0,"delta":{"content":"ends in a backslash \\\\"},"finish_reason":null}]}',
+        b'"choices":[{"index":0,"delta":{"content":"and","role":"assistant"},"finish_reason":null}],"usage":null}',
+        b'"choices":[{"index":0,"delta":{"content":"last"},"finish_reason":null}],"usage":{"prompt_tokens":3}}',
+    ]
+    text_at = next(i for i, e in enumerate(recorded) if b'"content":"On it"' in e) + 1
+    events = [*recorded[:text_at], *(head + chunk + b"\n\n" for chunk in odd), *recorded[text_at:]]
+    one_by_one = StreamTranslator(model="m", input_estimate=1)
+    split = b"".join(one_by_one.feed(event) for event in events)
+    assert events_of(split) == events_of(StreamTranslator(model="m", input_estimate=1).feed(b"".join(events)))
+    texts = [e["delta"]["text"] for _, e in events_of(split) if e.get("delta", {}).get("type") == "text_delta"]
+    assert texts[1:5] == ['say "hi" \\ é é', "ends in a backslash \\", "and", "last"]
+
+
 def test_a_stream_without_done_is_never_closed_by_the_translator() -> None:
     translator = StreamTranslator(model="m", input_estimate=1)
     chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}

@@ -187,6 +187,14 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
+# A chat chunk holding a piece of text and nothing else, as OpenAI and vLLM write it (compact, in this order, with
+# `usage` null when usage is asked for): how its choices open, and how it may end.
+_TEXT_CHUNK_CHOICE = b'"choices":[{"index":0,"delta":{"content":"'
+_TEXT_CHUNK_ENDS = tuple(
+    b'"}' + logprobs + b',"finish_reason":null}]' + usage + b"}\n\n"
+    for logprobs in (b',"logprobs":null', b"")
+    for usage in (b',"usage":null', b"")
+)
 _TEXT_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 _TEXT_DELTA_MIDDLE = b',"delta":{"type":"text_delta","text":'
 
@@ -213,8 +221,26 @@ class StreamTranslator:
     def feed(self, events: bytes) -> bytes:
         # Most reads hold one one-line event (`data: {...}\n\n`): read it without the general parser.
         if events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2 and events.endswith(b"\n\n"):
+            if self._block == "text" and events.endswith(_TEXT_CHUNK_ENDS):
+                text = self._text_of(events)
+                if text is not None:
+                    return b"%s%d%s%s}}\n\n" % (_TEXT_DELTA_HEAD, self._index, _TEXT_DELTA_MIDDLE, text)
             return self._data(events[6:-2].strip())
         return b"".join(self._data(sse.event_data(event).strip()) for event in sse.iter_events(events))
+
+    @staticmethod
+    def _text_of(event: bytes) -> bytes | None:
+        """The text of a chunk that holds a piece of text and nothing else, as OpenAI and vLLM write it: the body
+        of its JSON string, unparsed; None for any other chunk (which the parser reads)."""
+        at = event.find(_TEXT_CHUNK_CHOICE)
+        if at < 0 or b'"usage":{' in event:
+            return None
+        start = at + len(_TEXT_CHUNK_CHOICE)
+        end = event.rfind(b'"}', start)
+        # A quote between them, escaped or not, is left to the parser: it may end the string early.
+        if end <= start or event.find(b'"', start, end) >= 0:
+            return None
+        return event[start - 1 : end + 1]
 
     def _data(self, data: bytes) -> bytes:
         if not data:
