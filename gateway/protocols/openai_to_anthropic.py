@@ -28,7 +28,7 @@ _FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "l
 _SYSTEM_ROLES = ("system", "developer")
 _TOOL_CHOICES = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}
 _DONE = b"data: [DONE]\n\n"
-_TEXT_DELTA = b'{"type":"content_block_delta","index":'
+_TEXT_EVENT = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 _TEXT_FIELD = b',"delta":{"type":"text_delta","text":'
 # An upstream's error status as the error type OpenAI gives it.
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -278,19 +278,20 @@ class StreamTranslator:
         self._usage: dict[str, Any] = {}
 
     def feed(self, events: bytes) -> bytes:
-        # Most reads hold one event as Anthropic writes it, `event: <type>\ndata: {...}\n\n`: read it without the
-        # general parser.
+        # Most reads hold one event as Anthropic writes it, `event: <type>\ndata: {...}\n\n`, and most of those are
+        # a text delta: its text, a JSON string, goes into the chunk as it is.
+        if events.startswith(_TEXT_EVENT) and events.endswith(b'"}}\n\n') and self._head:
+            field = events.find(_TEXT_FIELD, len(_TEXT_EVENT))
+            if field > 0 and events[field + len(_TEXT_FIELD)] == 34 and events.count(b"\n") == 3:  # 34: `"`
+                return b'%s{"content":%s},"logprobs":null,"finish_reason":null}]}\n\n' % (
+                    self._head,
+                    events[field + len(_TEXT_FIELD) : -4],
+                )
+        # Any other one-event read, without the general parser.
         if events.startswith(b"event: ") and events.count(b"\n") == 3 and events.endswith(b"\n\n"):
             at = events.find(b"\ndata: ")
             if at > 0:
-                data = events[at + 7 : -2]
-                # A text delta as Anthropic writes it: its text, a JSON string, goes into the chunk as it is.
-                field = data.find(_TEXT_FIELD) if data.startswith(_TEXT_DELTA) and data.endswith(b'"}}') else -1
-                if field > 0 and self._head:
-                    text = data[field + len(_TEXT_FIELD) : -2]
-                    if text.startswith(b'"'):
-                        return self._chunk_raw(b'{"content":' + text + b"}")
-                return self._event(data)
+                return self._event(events[at + 7 : -2])
         return b"".join(self._event(sse.event_data(event)) for event in sse.iter_events(events))
 
     def _event(self, data: bytes) -> bytes:
