@@ -35,6 +35,19 @@ agents:
     retries: 1
     retry_backoff: 0.01
     circuit_breaker: {{enabled: false}}
+  # An OpenAI-compatible agent whose upstream is down, falling back to the Anthropic one; and the other way round.
+  - name: gpt-then-claude
+    llm: {{provider: openai-compatible, model: gpt-up, base_url: "http://127.0.0.1:{dead_port}/v1", timeout: 2}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
+    fallbacks: [claude]
+  - name: claude-then-demo
+    llm: {{provider: anthropic, model: claude-up, base_url: "http://127.0.0.1:{dead_port}", timeout: 2}}
+    retries: 0
+    circuit_breaker: {{enabled: false}}
+    fallbacks: [demo]
+  - name: demo
+    llm: {{provider: mock}}
 """
 
 
@@ -52,7 +65,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 def gateway(upstream: Process, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     directory: Path = tmp_path_factory.mktemp("anthropic-provider")
     config = directory / "agents.yaml"
-    config.write_text(CONFIG.format(upstream=upstream.url))
+    config.write_text(CONFIG.format(upstream=upstream.url, dead_port=free_port()))
     env = {"GATEWAY_ADMIN_KEY": ADMIN_KEY, "TEST_ANTHROPIC_KEY": UPSTREAM_KEY, "GATEWAY_STATE_DIR": str(directory)}
     process = start_gateway(config, directory, env)
     yield process
@@ -344,3 +357,28 @@ def test_count_tokens_on_an_anthropic_agent_is_the_upstreams_count(
     body = sent["body"]
     assert isinstance(body, dict)
     assert body == {"model": "claude-upstream", "messages": long, "system": "You are Claude, via the gateway."}
+
+
+def test_a_fallback_may_speak_another_format_than_the_agent_it_stands_in_for(
+    chat: openai.OpenAI, client: anthropic.Anthropic
+) -> None:
+    # An OpenAI client: the first agent (OpenAI's format) is down, the Anthropic fallback answers, translated back.
+    completion = chat.chat.completions.create(model="gpt-then-claude", messages=USER)
+    assert completion.model == "gpt-then-claude"
+    assert completion.choices[0].message.content is not None
+    assert completion.choices[0].message.content.startswith("anthropic heard 1 messages")
+    stream = chat.chat.completions.create(model="gpt-then-claude", messages=USER, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "part0 part1 part2 "
+    # An Anthropic client of the same agent: its request went out translated for the first agent and as it is
+    # to the fallback, whose answer comes back as it came.
+    message = client.messages.create(model="gpt-then-claude", max_tokens=20, messages=USER)
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "anthropic heard 1 messages; last: hello"
+    # The other way round: an Anthropic agent down, a fallback on the mock (OpenAI's format), for both SDKs.
+    message = client.messages.create(model="claude-then-demo", max_tokens=20, messages=USER)
+    assert message.content[0].type == "text"
+    assert "mock provider" in message.content[0].text
+    assert message.model == "claude-then-demo"
+    completion = chat.chat.completions.create(model="claude-then-demo", messages=USER)
+    assert completion.choices[0].message.content is not None
+    assert "mock provider" in completion.choices[0].message.content

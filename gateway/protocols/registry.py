@@ -1,18 +1,21 @@
 """Which wire format each side of a request speaks: the client's by the path it called, an upstream's by its
-agent's provider (config/providers.py)."""
+agent's provider (config/providers.py); and how a request crosses from the one to the other."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.config.providers import PROVIDERS
 from gateway.errors import BadRequest
 from gateway.protocols import anthropic_to_openai, openai_to_anthropic
 from gateway.protocols.anthropic.wire import ANTHROPIC
 from gateway.protocols.openai.wire import OPENAI
-from gateway.protocols.wire import Door, Translator, Wire
+from gateway.protocols.wire import Door, Endpoint, Translator, Wire
+
+if TYPE_CHECKING:
+    from gateway.config.agents import Agent
 
 WIRES: Mapping[str, Wire] = MappingProxyType({OPENAI.name: OPENAI, ANTHROPIC.name: ANTHROPIC})
 # Front doors by path prefix, first match wins; everything else is OpenAI's.
@@ -42,7 +45,7 @@ def wire_of(provider: str) -> Wire:
     return WIRES[PROVIDERS[provider].wire]
 
 
-def translator_for(door: Door, endpoint: Any, upstream: Wire, agent: str) -> Translator | None:
+def translator_for(door: Door, endpoint: Endpoint, upstream: Wire, agent: str) -> Translator | None:
     """None when the client and the upstream speak the same format: the body and events pass as they are. An
     endpoint no translator takes to the upstream's format is a 400 saying where the agent can be called."""
     if door.name == upstream.name:
@@ -61,3 +64,39 @@ def chat_view(upstream: Wire) -> Translator | None:
     """How sessions read an upstream's answers: as chat completions (the one form they keep), through the
     translator for OpenAI clients where the upstream speaks another format."""
     return None if upstream.name == OPENAI.name else TRANSLATORS[(OPENAI.name, upstream.name)]
+
+
+class Crossing(NamedTuple):
+    """How a request reaches an upstream of one wire format: the translator from the client's (None when the two
+    agree), the endpoint it calls there, and the body in its format."""
+
+    wire: Wire
+    translator: Translator | None
+    endpoint: Endpoint
+    body: dict[str, Any]
+
+
+class Crossings:
+    """How one request reaches its agents' upstreams, found once per wire format: its own body where the format is
+    the client's, else translated."""
+
+    __slots__ = ("_body", "_door", "_endpoint", "_found")
+
+    def __init__(self, door: Door, endpoint: Endpoint, body: dict[str, Any]) -> None:
+        self._door = door
+        self._endpoint = endpoint
+        self._body = body
+        self._found: dict[str, Crossing] = {}
+
+    def __call__(self, agent: Agent) -> Crossing:
+        """The crossing to `agent`'s upstream; a 400 when the request has none to its format."""
+        wire = wire_of(agent.provider)
+        found = self._found.get(wire.name)
+        if found is None:
+            translator = translator_for(self._door, self._endpoint, wire, agent.name)
+            if translator is None:
+                found = Crossing(wire, None, self._endpoint, self._body)
+            else:
+                found = Crossing(wire, translator, translator.upstream_endpoint, translator.request(self._body))
+            self._found[wire.name] = found
+        return found

@@ -45,6 +45,7 @@ class Outbound:
     stream: bool  # whether the upstream is asked to stream
     simulated: bool  # the client asked for a stream the agent cannot give: a whole answer, replayed as one
     hide_usage: bool  # the stream's usage was asked for by the gateway, not the client: it is taken out again
+    path: str  # where the upstream is called, below its base URL's /v1
     metered: bool = True  # whether it spends tokens at all (counting them does not): token limits leave it be
 
     def for_target(self, target: Target) -> dict[str, Any]:

@@ -94,7 +94,6 @@ class Dispatcher:
         agent: Agent,
         first: Outbound,
         *,
-        path: str,
         headers: Mapping[str, str],
         fallback: Callable[[Agent], Awaitable[Outbound]],
     ) -> tuple[UpstreamResponse, Agent, Outbound]:
@@ -122,7 +121,7 @@ class Dispatcher:
                 exchange.requested_agent = agent.name
                 exchange.agent = candidate.name
                 tried, sent = candidate, prepared
-            outcome = await self._attempts(exchange, candidate, sent, path, headers)
+            outcome = await self._attempts(exchange, candidate, sent, headers)
             if not isinstance(outcome, Failed):
                 return outcome, candidate, sent
         assert isinstance(outcome, Failed)
@@ -131,7 +130,7 @@ class Dispatcher:
         return outcome.last, tried, sent
 
     async def _attempts(
-        self, exchange: Exchange, agent: Agent, sent: Outbound, path: str, headers: Mapping[str, str]
+        self, exchange: Exchange, agent: Agent, sent: Outbound, headers: Mapping[str, str]
     ) -> UpstreamResponse | Failed:
         """Up to 1 + `retries` calls on the agent's targets, each sent `sent` with the target's model."""
         upstream = self._upstream_for(agent.provider)
@@ -147,7 +146,7 @@ class Dispatcher:
             tried.append(target)
             exchange.target = target.name
             exchange.attempts += 1
-            request = UpstreamRequest(agent, target, path, sent.for_target(target), sent.stream, headers)
+            request = UpstreamRequest(agent, target, sent.path, sent.for_target(target), sent.stream, headers)
             result, wait = await self._attempt(exchange, upstream, request)
             if not isinstance(result, (UpstreamError, BufferedResponse)):
                 return result

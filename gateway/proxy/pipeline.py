@@ -22,7 +22,7 @@ from gateway.http import DisconnectWatch, read_body
 from gateway.keys import KeyRecord
 from gateway.limits.admission import Guard
 from gateway.observability.metrics import Metrics
-from gateway.protocols.registry import chat_view, door_for, translator_for, wire_of
+from gateway.protocols.registry import Crossings, chat_view, door_for
 from gateway.protocols.wire import Endpoint as WireEndpoint
 from gateway.protocols.wire import Outbound, Translator, Wire
 from gateway.proxy.dispatcher import Dispatcher
@@ -69,12 +69,11 @@ class Proxy:
         model, stream = door.read(endpoint, body)
         agent = agent_for(self._routes(), key, model)
         exchange.agent = agent.name
-        # Where the client and the agent's upstream speak different formats, the request crosses once, here, and
-        # the answer on its way back (the same translator holds for the fallbacks: one upstream format per chain).
-        upstream_wire = wire_of(agent.provider)
-        translator = translator_for(door, endpoint, upstream_wire, agent.name)
-        upstream_endpoint = translator.upstream_endpoint if translator is not None else endpoint
-        upstream_body = translator.request(body) if translator is not None else body
+        # Where the client and an agent's upstream speak different formats, the request crosses into the
+        # upstream's, once per format (a fallback may speak another than the first agent), and the answer comes
+        # back into the client's. A first agent the request cannot cross to is a 400 here.
+        crossing = Crossings(door, endpoint, body)
+        first_crossing = crossing(agent)
         # A session keeps its history in one form, chat messages, whichever API a turn came through; each
         # upstream's rewrite puts it in its own.
         session_id = requested_id(request.scope["headers"], body)
@@ -86,7 +85,8 @@ class Proxy:
         history = turn.history if turn is not None else ()
 
         def prepare(candidate: Agent) -> Outbound:
-            return wire_of(candidate.provider).outbound(
+            wire, _, upstream_endpoint, upstream_body = crossing(candidate)
+            return wire.outbound(
                 upstream_endpoint,
                 upstream_body,
                 candidate,
@@ -96,14 +96,17 @@ class Proxy:
             )
 
         async def fallback(candidate: Agent) -> Outbound:
-            """What a fallback agent gets, once it is admitted by its own limits as the first agent was."""
+            """What a fallback agent gets, once it is admitted by its own limits as the first agent was (one the
+            request cannot cross to is refused with a 400, and skipped)."""
             prepared = prepare(candidate)
-            wire = wire_of(candidate.provider)
+            wire = crossing(candidate).wire
             await self._guard.admit_fallback(exchange, key=key, agent=candidate, wire=wire, outbound=prepared)
             return prepared
 
         first = prepare(agent)
-        await self._guard.admit(exchange, key=key, agent=agent, wire=upstream_wire, outbound=first, scope=request.scope)
+        await self._guard.admit(
+            exchange, key=key, agent=agent, wire=first_crossing.wire, outbound=first, scope=request.scope
+        )
         # From here until the answer starts, a client that leaves cancels the work (a stream's relay watches the
         # client itself from its first event on).
         watch = DisconnectWatch(request.receive)
@@ -112,14 +115,13 @@ class Proxy:
                 exchange,
                 agent,
                 first,
-                path=upstream_endpoint.path,
                 headers=forward_headers(request.scope["headers"], exchange.request_id),
                 fallback=fallback,
             )
             # An agent that cannot stream still serves stream clients: one whole answer, replayed as chunks; so is
             # a whole answer to a stream request (an upstream that ignored `stream`): relayed as it is, the SDK
             # would read it as an empty stream.
-            wire = wire_of(answered.provider)
+            wire, translator, upstream_endpoint, _ = crossing(answered)
             whole = stream and response.status < 300 and response.content_type != SSE and upstream_endpoint.replayable
             if sent.simulated or whole:
                 response = await wire.replay(response, upstream_endpoint, answered.streaming)

@@ -72,7 +72,7 @@ def outbound(
     if endpoint is Endpoint.COUNT_TOKENS:
         for name in _GENERATION_FIELDS:
             out.pop(name, None)
-        return Outbound(out, 0, False, simulated=False, hide_usage=False, metered=False)
+        return Outbound(out, 0, False, simulated=False, hide_usage=False, path=endpoint.path, metered=False)
     for name, value in agent.defaults.items():
         if name in ("temperature", "top_p", "top_k", "max_tokens") and name not in out:
             out[name] = value
@@ -87,7 +87,7 @@ def outbound(
             )
         requested = ceiling
     out["max_tokens"] = requested  # required by the Messages API: an OpenAI client may have named none
-    return Outbound(out, requested, stream, simulated=False, hide_usage=False)
+    return Outbound(out, requested, stream, simulated=False, hide_usage=False, path=endpoint.path)
 
 
 def _with_history(history: Sequence[dict[str, Any]], system: Any, client: list[Any]) -> tuple[Any, list[Any]]:

@@ -153,7 +153,7 @@ def outbound(
     if simulated:
         out["stream"] = False
         out.pop("stream_options", None)
-    return Outbound(out, output_tokens, stream and not simulated, simulated, hide_usage)
+    return Outbound(out, output_tokens, stream and not simulated, simulated, hide_usage, endpoint.path)
 
 
 def _output_limit(endpoint: Endpoint, body: dict[str, Any], agent: Agent, default: int) -> int:
