@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
+from gateway.admin.operations import AdminOperations
 from gateway.api.admin import AdminAPI
 from gateway.api.anthropic import AnthropicEndpoints
 from gateway.api.chat import ChatAPI
@@ -80,14 +81,14 @@ def create_app(
     chat = ChatAPI(proxy, runtime.sessions, runtime.current_routes, settings.max_body_bytes)
     admin_routes: list[BaseRoute] = []
     if settings.admin_key is not None:
-        admin = AdminAPI(
+        operations = AdminOperations(
             runtime.store,
             runtime.current_routes,
             runtime.reload,
             runtime.authenticator.forget,
             usage_reset=runtime.guard.reset_quotas,
-            max_body_bytes=settings.max_body_bytes,
         )
+        admin = AdminAPI(operations, max_body_bytes=settings.max_body_bytes)
         admin_routes = [
             *admin.routes(),
             Route("/admin/sessions", sessions.admin_list, methods=["GET"]),

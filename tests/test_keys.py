@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.admin_schema import KeyList, KeyOut, KeyUsage, KeyWithSecret, RouteList
+from gateway.admin.schema import KeyList, KeyOut, KeyUsage, KeyWithSecret, RouteList
 from tests.conftest import E2E_CONFIG, UPSTREAM_KEY
 from tests.support.processes import Process, free_port, start_gateway
 from tests.support.redis import RedisServer

@@ -8,7 +8,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api.admin_schema import OFFSET, SESSIONS_LIMIT, Metadata
+from gateway.admin.schema import OFFSET, SESSIONS_LIMIT, Metadata
 from gateway.auth.door import agent_for, key_id_of, key_of
 from gateway.config.routing import RoutingTable
 from gateway.errors import BadRequest
