@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
 
@@ -19,8 +20,10 @@ from gateway.api.health import Health
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.api.openai import OpenAIEndpoints
 from gateway.api.sessions import SessionsAPI
+from gateway.auth.console import ConsoleAuth
 from gateway.auth.door import AuthDoor
 from gateway.config.routing import RoutingTable, load_routes
+from gateway.console.pages import Console
 from gateway.errors import GatewayError
 from gateway.exchange import Exchange
 from gateway.limits.base import Limiter
@@ -80,6 +83,7 @@ def create_app(
     sessions = SessionsAPI(runtime.sessions, runtime.current_routes, settings.max_body_bytes)
     chat = ChatAPI(proxy, runtime.sessions, runtime.current_routes, settings.max_body_bytes)
     admin_routes: list[BaseRoute] = []
+    console_auth: ConsoleAuth | None = None
     if settings.admin_key is not None:
         operations = AdminOperations(
             runtime.store,
@@ -89,11 +93,14 @@ def create_app(
             usage_reset=runtime.guard.reset_quotas,
         )
         admin = AdminAPI(operations, max_body_bytes=settings.max_body_bytes)
+        console_auth = ConsoleAuth(settings.admin_key.get_secret_value())
+        console = Console(operations, console_auth, runtime.metrics, sleep=asyncio.sleep)
         admin_routes = [
             *admin.routes(),
             Route("/admin/sessions", sessions.admin_list, methods=["GET"]),
             Route("/admin/sessions/{session_id}", sessions.admin_show, methods=["GET"]),
             Route("/admin/sessions/{session_id}", sessions.admin_delete, methods=["DELETE"]),
+            *console.routes(),
         ]
     app = Starlette(
         routes=[
@@ -125,6 +132,7 @@ def create_app(
                 render=render_gateway_error,
                 render_store_error=render_store_error,
                 store_errors=runtime.store.errors,
+                console=console_auth,
             ),
         ],
         exception_handlers={

@@ -75,6 +75,10 @@ class BadRequest(ClientError):
 class InvalidConfig(BadRequest):
     code = "invalid_config"
 
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("The route config was not reloaded: " + "; ".join(problems))
+        self.problems = problems  # each `file: field.path: message`
+
 
 class AuthenticationFailed(ClientError):
     status = 401

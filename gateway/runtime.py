@@ -135,7 +135,7 @@ class Runtime:
             logger.warning(
                 "route config not reloaded (%s), the old one keeps serving: %s", trigger, "; ".join(exc.problems)
             )
-            raise InvalidConfig("The route config was not reloaded: " + "; ".join(exc.problems)) from None
+            raise InvalidConfig(exc.problems) from None
         self.routes = table
         logger.info("route config reloaded (%s): %d agent(s)", trigger, len(table.agents))
         return table

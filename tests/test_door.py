@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.auth.door import PUBLIC_PATHS
+from gateway.auth.door import CONSOLE, CONSOLE_OPEN, PUBLIC_PATHS
 from gateway.settings import Settings
 from tests.support.serve import served
 
@@ -50,6 +50,13 @@ async def test_every_route_but_the_public_ones_refuses_an_anonymous_caller(tmp_p
                 answer = await client.request(method, path, json={"model": "demo", "messages": []})
                 if route.path in PUBLIC_PATHS:
                     assert answer.status_code != 401, (method, path)
+                    continue
+                if path.startswith(CONSOLE_OPEN):  # the sign-in page: its form, or its refusal of a bad post
+                    assert answer.status_code in (200, 403), (method, path, answer.status_code)
+                    continue
+                if path == CONSOLE or path.startswith(CONSOLE + "/"):  # the console: to the sign-in page
+                    assert answer.status_code == 303, (method, path, answer.status_code)
+                    assert answer.headers["location"].startswith("/ui/login"), (method, path)
                     continue
                 assert answer.status_code == 401, (method, path, answer.status_code, answer.text)
                 error = answer.json()["error"]

@@ -18,7 +18,7 @@ from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
-from gateway.store.base import Store
+from gateway.store.base import Store, UsageRow
 
 
 class AdminOperations:
@@ -156,6 +156,12 @@ class AdminOperations:
         """Every key's usage over the last `days` days: totals, by agent, by key and by day."""
         periods = reports.days_back(utcnow().date(), days)
         return reports.summarize(await self._store.usage(None, periods), periods)
+
+    async def usage_rows(self, *, days: int) -> list[UsageRow]:
+        """Every key's counters per agent and day over the last `days` days, oldest first."""
+        periods = reports.days_back(utcnow().date(), days)
+        rows = await self._store.usage(None, periods)
+        return sorted(rows, key=lambda row: (row.period, row.key_id, row.agent))
 
     def routes(self) -> list[dict[str, Any]]:
         """The agents as they are served now, without credentials."""

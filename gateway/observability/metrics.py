@@ -165,6 +165,7 @@ class Metrics:
             ("agent", "outcome"),
             registry=into,
         )
+        self._open_streams = 0  # this process's, for the console; the gauge may be summed over workers
         self._active_streams = Gauge(
             "gateway_active_streams",
             "Streams relaying to their clients now.",
@@ -274,11 +275,17 @@ class Metrics:
 
     def stream_opened(self) -> None:
         """A stream started relaying to its client."""
+        self._open_streams += 1
         self._active_streams.inc()
 
     def stream_closed(self) -> None:
         """A stream ended, however it ended."""
+        self._open_streams -= 1
         self._active_streams.dec()
+
+    def open_streams(self) -> int:
+        """Streams relaying now, in this process."""
+        return self._open_streams
 
     def retried(self, agent: str, target: str, reason: str) -> None:
         """An upstream call is tried again; `reason` is the error class of the failed attempt."""
