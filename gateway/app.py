@@ -94,7 +94,7 @@ def create_app(
         )
         admin = AdminAPI(operations, max_body_bytes=settings.max_body_bytes)
         console_auth = ConsoleAuth(settings.admin_key.get_secret_value())
-        console = Console(operations, console_auth, runtime.metrics, sleep=asyncio.sleep)
+        console = Console(operations, runtime.sessions, console_auth, runtime.metrics, sleep=asyncio.sleep)
         admin_routes = [
             *admin.routes(),
             Route("/admin/sessions", sessions.admin_list, methods=["GET"]),

@@ -135,7 +135,7 @@ def test_a_post_without_the_forms_token_or_from_elsewhere_is_refused(page: Watch
 
 
 PAGES = [("/ui", "Overview"), ("/ui/keys", "Keys"), ("/ui/keys/new", "Create key"), ("/ui/agents", "Agents"),
-         ("/ui/usage", "Usage")]  # fmt: skip
+         ("/ui/usage", "Usage"), ("/ui/sessions", "Sessions")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("path", "heading"), PAGES)
@@ -191,3 +191,29 @@ class ProcessStopper:
 
     def close(self) -> None:
         self.process.stop()
+
+
+def test_a_sessions_messages_can_be_read_and_the_session_deleted(page: Watched, gateway: Process) -> None:
+    key = httpx.post(gateway.url + "/admin/keys", json={"name": "chatty"},
+                     headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()  # fmt: skip
+    auth = {"authorization": f"Bearer {key['secret']}"}
+    session_id = httpx.post(gateway.url + "/v1/sessions", json={"model": "test-chat"}, headers=auth).json()[
+        "session_id"
+    ]
+    with sdk(gateway, key["secret"]) as client:
+        client.chat.completions.create(model="test-chat", messages=[{"role": "user", "content": "Remember <b>me</b>"}],
+                                       extra_headers={"x-session-id": session_id})  # fmt: skip
+    sign_in(page, gateway)
+    browser_page = page.page
+    browser_page.get_by_role("navigation").get_by_role("link", name="Sessions").click()
+    browser_page.get_by_label("Key").select_option(label="chatty")
+    browser_page.get_by_role("button", name="Show").click()
+    browser_page.get_by_role("link", name=session_id).click()
+    expect(browser_page.locator(".message.user")).to_contain_text("Remember <b>me</b>")  # shown as text, escaped
+    expect(browser_page.locator(".message.assistant")).to_have_count(1)
+    page.screenshot("session")
+    browser_page.once("dialog", lambda dialog: dialog.accept())
+    browser_page.get_by_role("button", name="Delete").click()
+    expect(browser_page).to_have_url(re.compile(r"/ui/sessions$"))
+    assert httpx.get(f"{gateway.url}/v1/sessions/{session_id}", headers=auth).status_code == 404
+    page.check()

@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, InvalidConfig
 from gateway.http import read_body
 from gateway.keys import KeyRecord, utcnow
 from gateway.observability.metrics import Metrics
+from gateway.sessions.service import Sessions
 from gateway.store.base import ANONYMOUS
 
 HERE = Path(__file__).parent
@@ -45,6 +46,7 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",  # "no-referrer" makes Chromium send `Origin: null` on our own posts
 }
 USAGE_DAYS = (7, 30, 90)
+SESSIONS_SHOWN = 100
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -55,12 +57,14 @@ class Console:
     def __init__(
         self,
         operations: AdminOperations,
+        sessions: Sessions,
         auth: ConsoleAuth,
         metrics: Metrics,
         *,
         sleep: Callable[[float], Any],
     ) -> None:
         self._operations = operations
+        self._sessions = sessions
         self._auth = auth
         self._metrics = metrics
         self._sleep = sleep
@@ -87,6 +91,9 @@ class Console:
             ("/ui/agents/reload", self.reload, "POST"),
             ("/ui/usage", self.usage, "GET"),
             ("/ui/usage.csv", self.usage_csv, "GET"),
+            ("/ui/sessions", self.sessions, "GET"),
+            ("/ui/sessions/{session_id}", self.session, "GET"),
+            ("/ui/sessions/{session_id}/delete", self.delete_session, "POST"),
         ]
         routes: list[BaseRoute] = [Route(path, self._as_page(h), methods=[method]) for path, h, method in pages]
         return [*routes, Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="console-static")]
@@ -243,6 +250,31 @@ class Console:
         response.headers["content-disposition"] = f'attachment; filename="usage-{days}d.csv"'
         return response
 
+    async def sessions(self, request: Request) -> Response:
+        """Sessions across every store, newest first: all of them, or one key's, or one agent's."""
+        key_id = request.query_params.get("key") or None
+        agent = request.query_params.get("agent") or None
+        found, total = await self._sessions.list(
+            key_id, user_id=None, model=agent, offset=0, limit=SESSIONS_SHOWN, all_keys=key_id is None
+        )
+        names = {record.id: record.name for record in await self._operations.list_keys()}
+        agents = [route["name"] for route in self._operations.routes() if "sessions" in route["features"]]
+        context = {"sessions": found, "total": total, "names": names, "key": key_id, "agent": agent,
+                   "agents": agents, "shown": SESSIONS_SHOWN}  # fmt: skip
+        return self._page(request, "sessions.html", context)
+
+    async def session(self, request: Request) -> Response:
+        found, messages, storage = await self._sessions.find(request.path_params["session_id"], None, any_owner=True)
+        names = {record.id: record.name for record in await self._operations.list_keys()}
+        shown = [_message(message) for message in messages]
+        context = {"session": found, "messages": shown, "storage": storage, "owner": names.get(found.key_id or "")}
+        return self._page(request, "session.html", context)
+
+    async def delete_session(self, request: Request) -> Response:
+        await self._checked_form(request)
+        await self._sessions.delete(request.path_params["session_id"], None, any_owner=True)
+        return RedirectResponse("/ui/sessions", status_code=303)
+
     # Helpers
 
     def _page(self, request: Request, name: str, context: dict[str, Any], *, status: int = 200) -> HTMLResponse:
@@ -340,6 +372,22 @@ def _problem(exc: Exception) -> str:
     if isinstance(exc, orjson.JSONDecodeError):
         return f"metadata: not a JSON object ({exc})"
     return exc.message if isinstance(exc, GatewayError) else str(exc)
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """A stored chat message as the session page shows it: its role, its text, and any tool calls as JSON."""
+    content = message.get("content")
+    if isinstance(content, list):
+        text = "\n".join(str(part.get("text", f"[{part.get('type')}]")) for part in content if isinstance(part, dict))
+    else:
+        text = "" if content is None else str(content)
+    calls = message.get("tool_calls")
+    return {
+        "role": str(message.get("role", "?")),
+        "text": text,
+        "tool_calls": orjson.dumps(calls, option=orjson.OPT_INDENT_2).decode() if calls else None,
+        "tool_call_id": message.get("tool_call_id"),
+    }
 
 
 def _days(request: Request) -> int:
