@@ -24,10 +24,12 @@ def usage_event(exchange: Exchange) -> UsageEvent | None:
     cancelled = exchange.stream == "client_disconnected" or exchange.status == CLIENT_CLOSED_REQUEST
     failed = not cancelled and (exchange.status >= 400 or exchange.stream == "upstream_error")
     limited = exchange.limited
+    now = datetime.now(UTC)
     return UsageEvent(
         key_id=exchange.key_id or ANONYMOUS,
         agent=exchange.agent or ANONYMOUS,
-        day=datetime.now(UTC).date(),
+        day=now.date(),
+        hour=now.hour,
         prompt_tokens=exchange.prompt_tokens or 0,
         completion_tokens=exchange.completion_tokens or 0,
         errors=int(failed),
@@ -42,13 +44,16 @@ def usage_event(exchange: Exchange) -> UsageEvent | None:
 
 
 def combine(events: list[UsageEvent]) -> list[UsageEvent]:
-    """Events summed per key, agent and day: thousands of requests a second become a handful of store writes."""
-    totals: dict[tuple[str, str, date], list[int]] = {}
+    """Events summed per key, agent and hour: thousands of requests a second become a handful of store writes."""
+    totals: dict[tuple[str, str, date, int], list[int]] = {}
     for event in events:
-        counts = totals.setdefault((event.key_id, event.agent, event.day), [0] * len(COUNTERS))
+        counts = totals.setdefault((event.key_id, event.agent, event.day, event.hour), [0] * len(COUNTERS))
         for index, name in enumerate(COUNTERS):
             counts[index] += getattr(event, name)
-    return [UsageEvent(key, agent, day, *counts) for (key, agent, day), counts in totals.items()]
+    return [
+        UsageEvent(key, agent, day, hour=hour, **dict(zip(COUNTERS, counts, strict=True)))
+        for (key, agent, day, hour), counts in totals.items()
+    ]
 
 
 class Accountant:

@@ -95,6 +95,10 @@ def test_a_key_made_in_the_console_serves_the_sdk_until_rotated_and_revoked(page
         browser_page.reload()
     expect(served).to_be_visible()
     page.screenshot("key")
+    browser_page.get_by_role("navigation").get_by_role("link", name="Overview").click()
+    expect(browser_page.get_by_role("row", name=re.compile(r"^test-chat [1-9]"))).to_be_visible()  # the last 24 h
+    expect(browser_page.locator(".chart rect").first).to_be_attached()
+    browser_page.go_back()
 
     browser_page.get_by_label("Old secret keeps working for (seconds)").fill("0")
     browser_page.get_by_role("button", name="Rotate").click()

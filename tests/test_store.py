@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
-from gateway.store.base import KeyConflict, Store, UsageEvent, UsageRow, periods
+from gateway.store.base import HOURS_KEPT, KeyConflict, Store, UsageEvent, UsageRow, hour_period, periods
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SQLiteStore, StateDirInUse
 from tests.support.redis import start_redis
@@ -343,3 +343,27 @@ async def test_a_usage_batch_that_timed_out_on_a_frozen_redis_and_was_applied_af
     finally:
         await store.close()
         server.stop()
+
+
+async def test_the_last_hours_are_counted_by_the_hour_and_old_hours_let_go(
+    store: Store, new_store: Callable[[], Store]
+) -> None:
+    now = datetime.now(UTC)
+    old = now - timedelta(hours=HOURS_KEPT + 3)
+    this_hour, old_hour = hour_period(now.date(), now.hour), hour_period(old.date(), old.hour)
+    await store.record_usage([event("k1", day=old.date(), hour=old.hour, requests=2)])
+    await store.record_usage([event("k1", day=now.date(), hour=now.hour, requests=1, prompt_tokens=5)])
+    await store.record_usage([event("k1", day=now.date(), requests=1)])  # an event without an hour: days only
+    rows = by_key(await store.usage(None, [this_hour, old_hour, now.date().isoformat()]))
+    assert (rows["k1", this_hour, "chat"].requests, rows["k1", this_hour, "chat"].prompt_tokens) == (1, 5)
+    assert rows["k1", now.date().isoformat(), "chat"].requests == 2  # the hour's request counts to its day too
+    if store.name == "memory":  # the embedded store (SQLite on disk)
+        assert ("k1", old_hour, "chat") not in rows  # pruned once an hour, in memory and on disk
+        await store.close()
+        reopened = new_store()
+        await reopened.open()
+        try:
+            again = by_key(await reopened.usage(None, [this_hour, old_hour]))
+            assert set(again) == {("k1", this_hour, "chat")}
+        finally:
+            await reopened.close()

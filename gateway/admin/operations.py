@@ -18,7 +18,7 @@ from gateway.config.agents import Agent
 from gateway.config.routing import RoutingTable
 from gateway.errors import KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
-from gateway.store.base import Store, UsageRow
+from gateway.store.base import HOURS_KEPT, Store, UsageRow
 
 
 class AdminOperations:
@@ -155,6 +155,12 @@ class AdminOperations:
     async def all_usage(self, *, days: int) -> dict[str, Any]:
         """Every key's usage over the last `days` days: totals, by agent, by key and by day."""
         periods = reports.days_back(utcnow().date(), days)
+        return reports.summarize(await self._store.usage(None, periods), periods)
+
+    async def recent_usage(self, *, hours: int = 24) -> dict[str, Any]:
+        """Every key's usage over the last `hours` hours (at most HOURS_KEPT), by agent, by key and by hour (in
+        `by_day`, whose `day` is then `YYYY-MM-DDTHH`, UTC)."""
+        periods = reports.hours_back(utcnow(), min(hours, HOURS_KEPT))
         return reports.summarize(await self._store.usage(None, periods), periods)
 
     async def usage_rows(self, *, days: int) -> list[UsageRow]:

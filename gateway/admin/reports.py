@@ -7,12 +7,18 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.keys import KeyRecord
-from gateway.store.base import COUNTERS, UsageRow
+from gateway.store.base import COUNTERS, UsageRow, hour_period
 
 
 def days_back(today: date, days: int) -> list[str]:
     """The `days` UTC days ending today, oldest first, as store periods."""
     return [(today - timedelta(days=offset)).isoformat() for offset in range(days - 1, -1, -1)]
+
+
+def hours_back(now: datetime, hours: int) -> list[str]:
+    """The `hours` UTC hours ending with the current one, oldest first, as store periods."""
+    moments = (now - timedelta(hours=offset) for offset in range(hours - 1, -1, -1))
+    return [hour_period(moment.date(), moment.hour) for moment in moments]
 
 
 def _empty() -> dict[str, int]:

@@ -152,13 +152,12 @@ class Console:
     # Pages
 
     async def overview(self, request: Request) -> Response:
-        usage = await self._operations.all_usage(days=14)
-        today = usage["by_day"][-1]
-        day = await self._operations.all_usage(days=1)
+        """The last 24 hours, hour by hour, from the store every worker and replica writes to."""
+        day = await self._operations.recent_usage(hours=24)
         context = {
-            "today": today,
+            "totals": day["totals"],
             "by_agent": sorted(day["by_agent"].items()),
-            "chart": _chart(usage["by_day"], ("requests", "total_tokens")),
+            "chart": _chart(day["by_day"], ("requests", "total_tokens")),
             "streams": self._metrics.open_streams(),  # this process's: the fleet's sum is on /metrics
         }
         return self._page(request, "overview.html", context)
@@ -410,11 +409,17 @@ def _chart(by_day: list[dict[str, Any]], series: tuple[str, str]) -> dict[str, A
     for name in series:
         top = max((day[name] for day in by_day), default=0) or 1
         points = [
-            {"x": i * (width + gap), "h": round(day[name] / top * height), "day": day["day"], "value": day[name]}
+            {"x": i * (width + gap), "h": round(day[name] / top * height), "day": _when(day["day"]), "value": day[name]}
             for i, day in enumerate(by_day)
         ]
         bars.append({"name": name, "top": top, "bars": points})
-    return {"width": len(by_day) * (width + gap), "height": height, "bar": width, "series": bars}
+    unit = "hour" if by_day and len(by_day[0]["day"]) == 13 else "day"
+    return {"width": len(by_day) * (width + gap), "height": height, "bar": width, "series": bars, "unit": unit}
+
+
+def _when(period: str) -> str:
+    """A period as a bar's label says it: a day as it is, an hour as `YYYY-MM-DD HH:00 UTC`."""
+    return f"{period[:10]} {period[11:]}:00 UTC" if len(period) == 13 else period
 
 
 def describe(record: KeyRecord) -> str:

@@ -41,6 +41,7 @@ class UsageEvent:
     limited_cooldown: int = 0
     queued: int = 0
     upstream_limited: int = 0
+    hour: int = -1  # the UTC hour of `day` it fell in (0-23), for the last day's hourly rows; -1: none
 
     def counts(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTERS}
@@ -69,6 +70,25 @@ class UsageRow:
 def periods(day: date) -> tuple[str, str]:
     """The two periods a day counts towards: the day itself and its month (UTC calendar)."""
     return day.isoformat(), day.isoformat()[:7]
+
+
+def hour_period(day: date, hour: int) -> str:
+    """An hour's period, `YYYY-MM-DDTHH` (UTC): kept for HOURS_KEPT hours, for the console's last day."""
+    return f"{day.isoformat()}T{hour:02d}"
+
+
+def is_hour(period: str) -> bool:
+    return len(period) == 13 and period[10] == "T"
+
+
+def event_periods(event: UsageEvent) -> list[str]:
+    """Every period an event counts towards: its day, its month, and its hour when it has one."""
+    day, month = periods(event.day)
+    return [day, month, hour_period(event.day, event.hour)] if event.hour >= 0 else [day, month]
+
+
+# How long hourly rows are kept: the console shows the last 24 hours; a second day covers the time zones.
+HOURS_KEPT = 48
 
 
 class Store(Protocol):

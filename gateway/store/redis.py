@@ -12,12 +12,13 @@ import orjson
 from redis.exceptions import RedisError
 
 from gateway.keys import KeyRecord
-from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
+from gateway.store.base import COUNTERS, HOURS_KEPT, KeyConflict, UsageEvent, UsageRow, event_periods, is_hour
 from gateway.store.redis_connection import RedisBacked, RedisConnection
 
 # Usage hashes outlive the windows anyone reports on (a year of days, two years of months), then clean themselves up.
 _DAY_TTL = int(timedelta(days=400).total_seconds())
 _MONTH_TTL = int(timedelta(days=800).total_seconds())
+_HOUR_TTL = int(timedelta(hours=HOURS_KEPT).total_seconds())
 # Separates agent and counter in a usage hash field; agent names never contain it, and rpartition would cope anyway.
 _FIELD_SEPARATOR = "\x1f"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -155,14 +156,14 @@ class RedisStore(RedisBacked):
         # replicas add to the same counters concurrently. Its marker makes a batch sent again count once.
         args: list[str | int] = [_BATCH_MARKER_TTL]
         for event in events:
-            day, month = periods(event.day)
             fields = [
                 item
                 for counter, value in event.counts().items()
                 if value
                 for item in (f"{event.agent}{_FIELD_SEPARATOR}{counter}", value)
             ]
-            for period, ttl in ((day, _DAY_TTL), (month, _MONTH_TTL)):
+            for period in event_periods(event):
+                ttl = _HOUR_TTL if is_hour(period) else _MONTH_TTL if len(period) == 7 else _DAY_TTL
                 args += ["h", self._usage(event.key_id, period), ttl, len(fields) // 2, *fields]
                 # The period set must outlive the hashes it lists, or reset_usage would miss some.
                 args += ["s", f"{self._prefix}usage-periods:{event.key_id}", period, _MONTH_TTL]

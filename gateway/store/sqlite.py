@@ -13,11 +13,21 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TypeVar
 
 from gateway.keys import KeyRecord
-from gateway.store.base import COUNTERS, KeyConflict, UsageEvent, UsageRow, periods
+from gateway.store.base import (
+    COUNTERS,
+    HOURS_KEPT,
+    KeyConflict,
+    UsageEvent,
+    UsageRow,
+    event_periods,
+    hour_period,
+    is_hour,
+)
 
 T = TypeVar("T")
 
@@ -52,6 +62,7 @@ class SQLiteStore:
         self._keys: dict[str, KeyRecord] = {}
         self._by_hash: dict[str, str] = {}
         self._usage: dict[tuple[str, str, str], list[int]] = {}
+        self._pruned: tuple[date, int] | None = None  # the hour old hourly rows were last pruned in
         self._db: sqlite3.Connection | None = None
         self._lock_file: IO[str] | None = None
         self._disk: ThreadPoolExecutor | None = None
@@ -154,7 +165,7 @@ class SQLiteStore:
         counted = [
             ((event.key_id, period, event.agent), [getattr(event, name) for name in COUNTERS])
             for event in events
-            for period in periods(event.day)
+            for period in event_periods(event)
         ]
         await self._on_disk(lambda: self._upsert([(*where, *counts) for where, counts in counted]))
         # Counted here only once the disk has it: a batch that failed is sent again and must not count twice.
@@ -162,6 +173,22 @@ class SQLiteStore:
             totals = self._usage.setdefault(where, [0] * len(COUNTERS))
             for index, value in enumerate(counts):
                 totals[index] += value
+        await self._prune_hours()
+
+    async def _prune_hours(self) -> None:
+        """Hourly rows older than HOURS_KEPT go, once an hour: only the console's last day reads them."""
+        now = datetime.now(UTC)
+        if self._pruned == (now.date(), now.hour):
+            return
+        self._pruned = (now.date(), now.hour)
+        oldest = now - timedelta(hours=HOURS_KEPT)
+        cutoff = hour_period(oldest.date(), oldest.hour)
+        stale = [where for where in self._usage if is_hour(where[1]) and where[1] < cutoff]
+        for where in stale:
+            del self._usage[where]
+        # Hour periods sort as text (`YYYY-MM-DDTHH`); days (10 characters) and months (7) are never touched.
+        sql = "DELETE FROM usage WHERE length(period) = 13 AND substr(period, 11, 1) = 'T' AND period < ?"
+        await self._on_disk(lambda: self._execute(sql, cutoff))
 
     def _upsert(self, rows: list[tuple[object, ...]]) -> None:
         assert self._db is not None, "the store is not open"
