@@ -91,6 +91,7 @@ def create_app(
             runtime.reload,
             runtime.authenticator.forget,
             usage_reset=runtime.guard.reset_quotas,
+            circuit=runtime.dispatcher.breakers.state,
         )
         admin = AdminAPI(operations, max_body_bytes=settings.max_body_bytes)
         console_auth = ConsoleAuth(settings.admin_key.get_secret_value())

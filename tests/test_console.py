@@ -166,12 +166,59 @@ def test_every_page_renders_safely_on_a_laptop_and_a_phone(
             watched.page.context.close()
 
 
-def test_reload_shows_what_is_wrong_with_the_config(page: Watched, gateway: Process) -> None:
+def test_agents_show_their_circuits_and_a_refused_reload_says_what_is_wrong(page: Watched, gateway: Process) -> None:
+    # Five failures open a circuit (the agent's breaker defaults): test-dead's upstream refuses connections.
+    key = httpx.post(gateway.url + "/admin/keys", json={"name": "breaker"},
+                     headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()  # fmt: skip
+    with sdk(gateway, key["secret"]) as client:
+        for _ in range(5):
+            with pytest.raises(openai.APIError):
+                client.chat.completions.create(model="test-dead", messages=USER)
     sign_in(page, gateway)
-    page.page.goto(gateway.url + "/ui/agents")
-    page.page.get_by_role("button", name="Reload config").click()
-    expect(page.page.get_by_role("status")).to_contain_text("Config reloaded")
-    expect(page.page.get_by_role("row", name=re.compile(r"^test-chat"))).to_be_visible()
+    browser_page = page.page
+    browser_page.goto(gateway.url + "/ui/agents")
+    expect(browser_page.get_by_role("row", name=re.compile(r"^test-dead"))).to_contain_text("circuit open")
+    expect(browser_page.get_by_role("row", name=re.compile(r"^demo"))).to_contain_text("circuit closed")
+    expect(browser_page.get_by_role("row", name=re.compile(r"^test-chat"))).to_contain_text("circuit off")
+    config = gateway.log_path.parent / "agents.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("model: upstream-model", "model: upstream-model\n      colour: blue", 1))
+    try:
+        browser_page.get_by_role("button", name="Reload config").click()
+        alert = browser_page.get_by_role("alert")
+        expect(alert).to_contain_text("not reloaded")
+        expect(alert).to_contain_text("agents.yaml")
+        expect(alert).to_contain_text("colour")  # the file and the field
+    finally:
+        config.write_text(good)
+    browser_page.get_by_role("button", name="Reload config").click()
+    expect(browser_page.get_by_role("status")).to_contain_text("Config reloaded")
+    expect(browser_page.get_by_role("row", name=re.compile(r"^test-chat"))).to_be_visible()
+    page.check()
+
+
+def test_usage_downloads_as_csv(page: Watched, gateway: Process) -> None:
+    sign_in(page, gateway)
+    page.page.goto(gateway.url + "/ui/usage")
+    with page.page.expect_download() as download:
+        page.page.get_by_role("link", name="Download CSV").click()
+    lines = download.value.path().read_text().splitlines()
+    assert lines[0] == "day,key_id,agent,requests,prompt_tokens,completion_tokens,errors"
+    assert all(len(line.split(",")) == 7 for line in lines)
+    page.check()
+
+
+def test_signing_in_works_from_the_keyboard(page: Watched, gateway: Process) -> None:
+    browser_page = page.page
+    browser_page.goto(gateway.url + "/ui/login")
+    expect(browser_page.get_by_label("Admin key")).to_be_focused()  # ready to type into
+    browser_page.keyboard.type(ADMIN_KEY)
+    browser_page.keyboard.press("Enter")
+    expect(browser_page.get_by_role("heading", level=1)).to_have_text("Overview")
+    browser_page.keyboard.press("Tab")  # the first stop skips the navigation
+    expect(browser_page.get_by_role("link", name="Skip to content")).to_be_focused()
+    browser_page.keyboard.press("Tab")
+    expect(browser_page.get_by_role("navigation").get_by_role("link", name="Overview")).to_be_focused()
     page.check()
 
 
@@ -221,3 +268,30 @@ def test_a_sessions_messages_can_be_read_and_the_session_deleted(page: Watched, 
     expect(browser_page).to_have_url(re.compile(r"/ui/sessions$"))
     assert httpx.get(f"{gateway.url}/v1/sessions/{session_id}", headers=auth).status_code == 404
     page.check()
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x", "rpm": "lots"}, "rpm"),
+        ({"name": "x", "tpm": "-5"}, "tpm"),
+        ({"name": "x", "metadata": "{not json"}, "metadata"),
+        ({"name": "x", "metadata": "[1, 2]"}, "metadata"),
+        ({"name": "x", "expires_in_days": "0"}, "expires_at"),
+        ({"name": "x" * 500}, "name"),
+    ],
+)
+def test_a_bad_key_form_is_answered_with_the_field_and_creates_nothing(
+    page: Watched, gateway: Process, fields: dict[str, str], named: str
+) -> None:
+    sign_in(page, gateway)
+    page.page.goto(gateway.url + "/ui/keys/new")
+    token = page.page.locator("input[name=csrf]").first.get_attribute("value")
+    assert token
+    before = httpx.get(gateway.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()["total"]
+    answer = page.page.context.request.post(gateway.url + "/ui/keys", form={**fields, "csrf": token})
+    assert answer.status == 400
+    assert named in answer.text()
+    after = httpx.get(gateway.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()["total"]
+    assert after == before

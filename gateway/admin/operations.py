@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from gateway.admin import reports
 from gateway.admin.schema import KeyCreate, KeyUpdate
-from gateway.config.agents import Agent
+from gateway.config.agents import Agent, Target
 from gateway.config.routing import RoutingTable
 from gateway.errors import KeyNotFound, KeyRevoked, ValidationFailed
 from gateway.keys import KeyRecord, Limits, Quotas, display_prefix, hash_secret, new_key_id, new_secret, utcnow
@@ -32,7 +32,9 @@ class AdminOperations:
         keys_changed: Callable[[], None],
         *,
         usage_reset: Callable[[KeyRecord], Awaitable[None]],
+        circuit: Callable[[Agent, Target], str],
     ) -> None:
+        self._circuit = circuit
         self._store = store
         self._routes = routes
         self._reload = reload
@@ -170,8 +172,9 @@ class AdminOperations:
         return sorted(rows, key=lambda row: (row.period, row.key_id, row.agent))
 
     def routes(self) -> list[dict[str, Any]]:
-        """The agents as they are served now, without credentials."""
-        return [route(agent) for agent in self._routes().agents]
+        """The agents as they are served now, without credentials; each target's circuit as this process sees
+        it."""
+        return [route(agent, self._circuit) for agent in self._routes().agents]
 
     def reload(self) -> RoutingTable:
         """The config read again and swapped in whole; a `ConfigError` (file, field) leaves the old one serving."""
@@ -185,7 +188,7 @@ def rotatable(record: KeyRecord) -> KeyRecord:
     return record
 
 
-def route(agent: Agent) -> dict[str, Any]:
+def route(agent: Agent, circuit: Callable[[Agent, Target], str]) -> dict[str, Any]:
     return {
         "name": agent.name,
         "aliases": list(agent.aliases),
@@ -203,6 +206,7 @@ def route(agent: Agent) -> dict[str, Any]:
                 "api_key_env": target.api_key_env,
                 "api_key": "missing" if target.missing_key else "set",
                 "weight": target.weight,
+                "circuit": circuit(agent, target),
             }
             for target in agent.targets
         ],

@@ -204,6 +204,7 @@ class RouteTarget(BaseModel):
     api_key_env: str | None
     api_key: str = Field(description="`set` or `missing`; never the key.")
     weight: float
+    circuit: str = Field(description="Its circuit breaker in the process that answered: closed, open, half_open, off.")
 
 
 class Route(BaseModel):

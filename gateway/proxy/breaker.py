@@ -84,6 +84,14 @@ class Breakers:
         found.spec = spec
         return found
 
+    def state(self, agent: Agent, target: Target) -> str:
+        """The circuit of `target` in this process: `closed`, `open`, `half_open`, or `off` when the agent has
+        none."""
+        if not agent.spec.circuit_breaker.enabled:
+            return "off"
+        found = self._breakers.get((agent.name, target.name))
+        return found.state if found is not None else CLOSED
+
     def choose(self, agent: Agent, tried: Iterable[Target], now: float) -> Target | None:
         """A target for the next attempt, by weight among those with a closed (or probe-ready) circuit, preferring
         the ones this request has not tried yet; None when every circuit is open."""
