@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,8 +15,11 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.support.browser import Watched, browser, watched_page
-from tests.support.processes import Process
+from tests.support.processes import Process, start_gateway
 from tests.test_keys import ADMIN_KEY, keyed_gateway
+from tests.test_metrics import WORKER_CONFIG, counted_by_each_worker
+from tests.test_reload import wait_for
+from tests.test_workers import wait_for_workers
 
 __all__ = ["browser"]  # the fixture, used by name
 USER = [{"role": "user", "content": "hello"}]
@@ -85,7 +89,11 @@ def test_a_key_made_in_the_console_serves_the_sdk_until_rotated_and_revoked(page
         with pytest.raises(openai.PermissionDeniedError):  # the models the form allowed, and no other
             client.chat.completions.create(model="demo", messages=USER)
 
-    browser_page.get_by_role("link", name="Go to the key").click()
+    browser_page.get_by_role("navigation").get_by_role("link", name="Keys").click()
+    created = browser_page.get_by_role("row", name=re.compile(r"^console-made ")).locator("time")
+    expect(created).not_to_contain_text("UTC")  # written again in the viewer's time zone (Paris, here)
+    assert (created.get_attribute("datetime") or "").endswith("+00:00")
+    browser_page.get_by_role("link", name="console-made").click()
     # Accounting is written in the background: the page shows the request once it is stored.
     served = browser_page.get_by_role("row", name=re.compile(r"^test-chat 1 "))
     for _ in range(50):
@@ -295,3 +303,33 @@ def test_a_bad_key_form_is_answered_with_the_field_and_creates_nothing(
     assert named in answer.text()
     after = httpx.get(gateway.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()["total"]
     assert after == before
+
+
+@pytest.mark.redis
+def test_two_workers_on_redis_serve_one_console(page: Watched, redis_url: str, tmp_path: Path) -> None:
+    """The session, the forms' tokens and what the pages show hold whichever worker a connection lands on."""
+    config = tmp_path / "agents.yaml"
+    config.write_text(WORKER_CONFIG)
+    metrics = tmp_path / "prometheus"
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_STORE": "redis", "REDIS_URL": redis_url, "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+           "GATEWAY_STATE_DIR": str(tmp_path / "state"), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}  # fmt: skip
+    gateway = start_gateway(config, tmp_path, env)
+    try:
+        wait_for_workers(gateway)
+        sign_in(page, gateway)
+        cookie = next(c["value"] for c in page.page.context.cookies() if c["name"] == "gw_console")
+        page.page.goto(gateway.url + "/ui/keys/new")
+        token = page.page.locator("input[name=csrf]").first.get_attribute("value")
+        assert token
+        names = [f"fleet-{n}" for n in range(12)]
+        for name in names:  # a new connection each: the kernel spreads them over the workers
+            with httpx.Client(base_url=gateway.url, cookies={"gw_console": cookie}) as fresh:
+                assert fresh.post("/ui/keys", data={"name": name, "csrf": token}).status_code == 200
+        for _ in range(12):
+            with httpx.Client(base_url=gateway.url, cookies={"gw_console": cookie}) as fresh:
+                listed = fresh.get("/ui/keys", params={"q": "fleet-"})
+                assert listed.status_code == 200
+                assert all(name in listed.text for name in names)
+        wait_for(lambda: len([n for n in counted_by_each_worker(metrics, "/ui").values() if n]) == 2)
+    finally:
+        assert gateway.stop() == 0

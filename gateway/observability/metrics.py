@@ -61,12 +61,14 @@ ROUTES = frozenset(
         "/healthz",
         "/readyz",
         "/metrics",
+        "/ui",
     }
 )
 ROUTE_PREFIXES = (
     ("/v1/sessions/", "/v1/sessions/{session_id}"),
     ("/v1/models/", "/v1/models/{model}"),
     ("/admin/", "/admin"),
+    ("/ui/", "/ui"),  # the console, every page of it
 )
 OTHER_ROUTE = "other"
 
