@@ -40,6 +40,8 @@ def usage_event(exchange: Exchange) -> UsageEvent | None:
         limited_cooldown=int(limited == "cooldown"),
         queued=int(exchange.queued),
         upstream_limited=int(exchange.upstream_status == 429),
+        cached_tokens=exchange.cached_tokens if exchange.prompt_tokens is not None else 0,
+        cost_nanos=exchange.cost_nanos or 0,
     )
 
 

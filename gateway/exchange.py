@@ -6,6 +6,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.pricing import Pricing, usd
+
 # What nginx logs for a client that left before its answer; no response is ever sent with it.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -28,6 +30,8 @@ class Exchange:
     stream: str | None = None  # completed | upstream_error | gateway_error | client_disconnected | cut_at_shutdown
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int = 0  # the part of prompt_tokens read from the provider's cache
+    pricing: Pricing | None = None  # the prices of the target that answered (or was tried last)
     usage_estimated: bool = False
     duration_ms: float = 0.0
     ratelimit: Decision | None = None  # the limiter's answer: the x-ratelimit-* headers come from it
@@ -50,6 +54,13 @@ class Exchange:
     @property
     def retries(self) -> int:
         return max(0, self.attempts - 1)
+
+    @property
+    def cost_nanos(self) -> int | None:
+        """What the request cost in nano-dollars, by the prices of its target; None where nothing says."""
+        if self.pricing is None or self.prompt_tokens is None:
+            return None
+        return self.pricing.cost(self.prompt_tokens, self.completion_tokens or 0, self.cached_tokens)
 
     def classify(self) -> str | None:
         """The error class of a finished request, None for a success."""
@@ -78,6 +89,7 @@ class Exchange:
             "stream": self.stream,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cost_usd": usd(cost) if (cost := self.cost_nanos) is not None else None,
             "session_id": self.session_id,
             "requested_agent": self.requested_agent,
             "target": self.target,

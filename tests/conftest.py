@@ -30,6 +30,7 @@ agents:
       timeout: 5
     system_prompt: "You are a test agent."
     session: {{enabled: true, max_history: 50}}
+    pricing: {{input_per_million: 0.15, output_per_million: 0.60, cached_input_per_million: 0.075}}
     # The tests of one answer per request: many make this upstream fail on purpose. Retries and circuit breakers
     # have agents of their own in test_resilience.py.
     retries: 0

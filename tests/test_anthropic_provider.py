@@ -32,6 +32,7 @@ agents:
     system_prompt: "You are Claude, via the gateway."
     limits: {{max_tokens_per_request: 100, over_max_tokens: clamp}}
     session: {{enabled: true}}
+    pricing: {{input_per_million: 3.0, output_per_million: 15.0, cached_input_per_million: 0.30}}
     retries: 1
     retry_backoff: 0.01
     circuit_breaker: {{enabled: false}}
@@ -143,6 +144,10 @@ def test_a_stream_is_relayed_event_for_event_and_metered(
     assert final.usage.output_tokens == 11
     usage = admin.usage(str(key["id"]), requests=1)
     assert (usage["totals"]["prompt_tokens"], usage["totals"]["completion_tokens"]) == (12, 11)  # 9 + 3 cached
+    # Priced as the agent says: 9 fresh input tokens at $3/M, 3 cached at $0.30/M, 11 output at $15/M.
+    assert usage["totals"]["cached_tokens"] == 3
+    assert usage["totals"]["cost_usd"] == pytest.approx((9 * 3.0 + 3 * 0.30 + 11 * 15.0) / 1e6)
+    assert usage["by_agent"]["claude"]["cost_usd"] == usage["totals"]["cost_usd"]
 
 
 def test_a_dropped_stream_makes_the_sdk_raise(client: anthropic.Anthropic) -> None:

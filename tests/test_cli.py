@@ -250,6 +250,7 @@ USAGE = {
         "total_tokens": 12000,
         "errors": 2,
         "cancelled": 1,
+        "cost_usd": 0.00315,
     },
     "by_agent": {
         "support-bot": {
@@ -577,12 +578,13 @@ def test_keys_usage_prints_totals_agents_days_and_quotas(
     assert code == 0
     assert route.calls.last.request.url.params["days"] == "7"
     assert f"usage of {KEY_ID} from 2030-03-01 to 2030-03-07" in sections
-    counters = ["REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "TOTAL_TOKENS", "ERRORS", "CANCELLED"]
-    assert [row.split() for row in sections["Totals"]] == [counters, ["42", "9000", "3000", "12000", "2", "1"]]
-    assert [row.split() for row in sections["By agent"]] == [
+    counters = ["REQUESTS", "PROMPT_TOKENS", "COMPLETION_TOKENS", "TOTAL_TOKENS", "ERRORS", "CANCELLED", "COST_USD"]
+    totals = ["42", "9000", "3000", "12000", "2", "1", "0.00315"]
+    assert [row.split() for row in sections["Totals"]] == [counters, totals]
+    assert [row.split() for row in sections["By agent"]] == [  # a gateway that counts no cost: 0
         ["AGENT", *counters],
-        ["gpt-4o-mini", "2", "1000", "100", "1100", "1", "0"],
-        ["support-bot", "40", "8000", "2900", "10900", "1", "1"],
+        ["gpt-4o-mini", "2", "1000", "100", "1100", "1", "0", "0"],
+        ["support-bot", "40", "8000", "2900", "10900", "1", "1", "0"],
     ]
     assert [row.split()[:2] for row in sections["By day"]] == [
         ["DAY", "REQUESTS"],

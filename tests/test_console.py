@@ -211,8 +211,12 @@ def test_usage_downloads_as_csv(page: Watched, gateway: Process) -> None:
     with page.page.expect_download() as download:
         page.page.get_by_role("link", name="Download CSV").click()
     lines = download.value.path().read_text().splitlines()
-    assert lines[0] == "day,key_id,agent,requests,prompt_tokens,completion_tokens,errors"
-    assert all(len(line.split(",")) == 7 for line in lines)
+    assert lines[0] == "day,key_id,agent,requests,prompt_tokens,completion_tokens,cached_tokens,cost_usd,errors"
+    assert all(len(line.split(",")) == 9 for line in lines)
+    # test-chat has prices (tests/conftest.py): its rows carry what they cost.
+    priced = [line.split(",") for line in lines[1:] if line.split(",")[2] == "test-chat"]
+    assert priced
+    assert all(float(row[7]) > 0 for row in priced)
     page.check()
 
 

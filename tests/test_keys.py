@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -88,6 +90,12 @@ def test_create_use_and_see_usage(keyed: Process, admin: Admin) -> None:
     assert usage["by_agent"]["test-chat"]["prompt_tokens"] == 5  # what the test upstream reports
     assert usage["by_agent"]["test-chat"]["completion_tokens"] == 7
     assert usage["by_day"][-1]["total_tokens"] == 12
+    # Priced as the agent says (USD per million tokens): 5 input at 0.15, 7 output at 0.60.
+    assert usage["totals"]["cost_usd"] == pytest.approx((5 * 0.15 + 7 * 0.60) / 1e6)
+    access = [json.loads(line) for line in keyed.log().splitlines() if f'"key_id":"{key["id"]}"' in line]
+    assert [line["cost_usd"] for line in access] == [pytest.approx(4.95e-6)]
+    metrics = httpx.get(keyed.url + "/metrics").text
+    assert re.search(r'^gateway_cost_usd_total\{agent="test-chat"\} [0-9.e-]+$', metrics, re.MULTILINE)
     shown = admin.http.get(f"/admin/keys/{key['id']}").json()
     assert "secret" not in shown
     assert KeyOut.model_validate(shown).prefix == key["secret"][:12]

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.keys import KeyRecord
+from gateway.pricing import usd
 from gateway.store.base import COUNTERS, UsageRow, hour_period
 
 
@@ -46,11 +47,18 @@ def summarize(rows: Iterable[UsageRow], days: list[str]) -> dict[str, Any]:
     return {
         "from": days[0],
         "to": days[-1],
-        "totals": totals,
-        "by_key": by_key,
-        "by_agent": by_agent,
-        "by_day": [{"day": day, **counts} for day, counts in by_day.items()],
+        "totals": _public(totals),
+        "by_key": {key: _public(counts) for key, counts in by_key.items()},
+        "by_agent": {agent: _public(counts) for agent, counts in by_agent.items()},
+        "by_day": [{"day": day, **_public(counts)} for day, counts in by_day.items()],
     }
+
+
+def _public(counts: dict[str, int]) -> dict[str, Any]:
+    """Counters as reports show them: the cost in dollars (counted in nano-dollars)."""
+    shown: dict[str, Any] = dict(counts)
+    shown["cost_usd"] = usd(shown.pop("cost_nanos"))
+    return shown
 
 
 def quota_state(

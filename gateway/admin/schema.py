@@ -159,6 +159,8 @@ class Counters(BaseModel):
     limited_cooldown: int = Field(description="Refused during a key's cooldown (429).")
     queued: int = Field(description="Waited for a concurrency slot.")
     upstream_limited: int = Field(description="The provider answered 429 (passed through, counted apart).")
+    cached_tokens: int = Field(description="Of prompt_tokens, read from the provider's cache.")
+    cost_usd: float = Field(description="What it cost, from the agents' `pricing` (0 where an agent has none).")
 
 
 class DayCounters(Counters):

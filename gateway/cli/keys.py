@@ -391,12 +391,17 @@ def _record_with_secret(answer: JSON) -> str:
     return "\n".join(lines)
 
 
-COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cancelled")
+COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors", "cancelled", "cost_usd")
 COUNTER_HEADER = tuple(name.upper() for name in COUNTERS)
 
 
 def _counts(counters: JSON) -> tuple[str, ...]:
-    return tuple(str(counters.get(name, 0)) for name in COUNTERS)
+    return tuple(_money(counters.get(name)) if name == "cost_usd" else str(counters.get(name, 0)) for name in COUNTERS)
+
+
+def _money(value: Any) -> str:
+    """Dollars to the millionth of a cent: small requests cost fractions of a cent."""
+    return f"{value:.8f}".rstrip("0").rstrip(".") if isinstance(value, int | float) and value else "0"
 
 
 def _usage(usage: JSON) -> str:

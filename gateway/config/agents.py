@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.config.providers import PROVIDERS, provider
+from gateway.pricing import Pricing
 
 Storage = Literal["memory", "redis"]
 
@@ -22,6 +23,16 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PricingSpec(Spec):
+    """What the provider charges, in USD per million tokens (see docs/cost.md for where to read the prices)."""
+
+    input_per_million: float = Field(ge=0, le=1_000_000)
+    output_per_million: float = Field(ge=0, le=1_000_000)
+    cached_input_per_million: float | None = Field(
+        default=None, ge=0, le=1_000_000, description="Input read from the provider's cache; default: the input price."
+    )
+
+
 class TargetSpec(Spec):
     """One upstream of an agent with several; what it leaves out comes from the `llm` block."""
 
@@ -30,6 +41,7 @@ class TargetSpec(Spec):
     api_key_env: str | None = None
     model: str | None = None
     weight: float = Field(default=1.0, gt=0)
+    pricing: PricingSpec | None = Field(default=None, description="This target's prices; default: the agent's.")
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -152,6 +164,7 @@ class AgentSpec(Spec):
     retry_backoff: float = Field(default=0.25, ge=0, description="Seconds before the first retry; doubles, jittered.")
     fallbacks: list[str] = Field(default_factory=list, description="Agents tried in order when every target fails.")
     circuit_breaker: CircuitBreakerSpec = Field(default_factory=CircuitBreakerSpec)
+    pricing: PricingSpec | None = Field(default=None, description="USD per million tokens: what a request costs.")
 
 
 class AgentFile(Spec):
@@ -181,6 +194,7 @@ class Target:
     api_key_env: str | None
     api_key: str | None = field(repr=False)
     weight: float
+    pricing: Pricing | None = None  # its own prices, or its agent's; None: its cost is not counted
 
     @property
     def missing_key(self) -> bool:
@@ -267,7 +281,7 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
         value = getattr(llm, name)
         if value is not None:
             defaults[name] = value
-    targets = tuple(_compile_target(spec.name, llm, t, environ) for t in llm.targets or [TargetSpec()])
+    targets = tuple(_compile_target(spec.name, llm, t, environ, spec.pricing) for t in llm.targets or [TargetSpec()])
     timeouts = llm.timeouts
     return Agent(
         name=spec.name,
@@ -294,7 +308,9 @@ def compile_agent(spec: AgentSpec, environ: Mapping[str, str], source: str = "")
     )
 
 
-def _compile_target(agent: str, llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str]) -> Target:
+def _compile_target(
+    agent: str, llm: LLMSpec, target: TargetSpec, environ: Mapping[str, str], prices: PricingSpec | None
+) -> Target:
     key_env = target.api_key_env or llm.api_key_env or provider(llm.provider).key_env
     base_url = (target.base_url or llm.base_url or _default_base_url(llm.provider, environ)).rstrip("/")
     prefix = provider(llm.provider).path_prefix
@@ -307,7 +323,14 @@ def _compile_target(agent: str, llm: LLMSpec, target: TargetSpec, environ: Mappi
         api_key_env=key_env,
         api_key=environ.get(key_env) if key_env else None,
         weight=target.weight,
+        pricing=_pricing(target.pricing or prices),
     )
+
+
+def _pricing(spec: PricingSpec | None) -> Pricing | None:
+    if spec is None:
+        return None
+    return Pricing(spec.input_per_million, spec.output_per_million, spec.cached_input_per_million)
 
 
 def _unique_names(targets: tuple[Target, ...]) -> tuple[Target, ...]:

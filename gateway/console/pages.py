@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, InvalidConfig
 from gateway.http import read_body
 from gateway.keys import KeyRecord, utcnow
 from gateway.observability.metrics import Metrics
+from gateway.pricing import usd
 from gateway.sessions.service import Sessions
 from gateway.store.base import ANONYMOUS
 
@@ -72,6 +73,7 @@ class Console:
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
         )
         self._templates.filters["num"] = _grouped
+        self._templates.filters["usd"] = _dollars
         self._templates.filters["agent"] = lambda name: "(none: refused before an agent)" if name == ANONYMOUS else name
 
     def routes(self) -> list[BaseRoute]:
@@ -241,10 +243,11 @@ class Console:
         rows = await self._operations.usage_rows(days=days)
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["day", "key_id", "agent", "requests", "prompt_tokens", "completion_tokens", "errors"])
+        writer.writerow(["day", "key_id", "agent", "requests", "prompt_tokens", "completion_tokens", "cached_tokens",
+                         "cost_usd", "errors"])  # fmt: skip
         for row in rows:
-            writer.writerow([row.period, row.key_id, row.agent, row.requests, row.prompt_tokens,
-                             row.completion_tokens, row.errors])  # fmt: skip
+            writer.writerow([row.period, row.key_id, row.agent, row.requests, row.prompt_tokens, row.completion_tokens,
+                             row.cached_tokens, f"{usd(row.cost_nanos):.9f}", row.errors])  # fmt: skip
         response = Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=SECURITY_HEADERS)
         response.headers["content-disposition"] = f'attachment; filename="usage-{days}d.csv"'
         return response
@@ -395,6 +398,13 @@ def _days(request: Request) -> int:
     except ValueError:
         days = 30
     return min(max(days, 1), 400)
+
+
+def _dollars(value: Any) -> str:
+    """Dollars as the pages show them: cents for amounts of a cent or more, else to the millionth of a cent."""
+    if not isinstance(value, int | float) or not value:
+        return "$0"
+    return f"${value:,.2f}" if value >= 0.01 else f"${value:.8f}".rstrip("0")
 
 
 def _grouped(value: Any) -> str:

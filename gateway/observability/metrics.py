@@ -10,6 +10,7 @@ other path), error classes from the closed vocabulary of `errors.py` ("" for a s
     gateway_time_to_first_byte_seconds{route, agent}           histogram  streams: arrival to the first event relayed
     gateway_upstream_duration_seconds{agent}                   histogram  waiting on upstreams, all attempts
     gateway_tokens_total{agent, kind, estimated}               counter    kind: prompt|completion
+    gateway_cost_usd_total{agent}                              counter    USD, from the agents' pricing
     gateway_streams_total{agent, outcome}                      counter    completed|upstream_error|gateway_error|
                                                                           client_disconnected|cut_at_shutdown
     gateway_active_streams                                     gauge      streams relaying now (summed over workers)
@@ -38,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.exchange import Exchange
+from gateway.pricing import usd
 
 # Whole requests and upstream calls of LLMs: from a cached answer in milliseconds to a long generation in minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -181,6 +183,12 @@ class Metrics:
             ("agent", "limit"),
             registry=into,
         )
+        self._cost = Counter(
+            "gateway_cost_usd_total",
+            "What requests cost in US dollars, from the agents' `pricing` (agents without prices count nothing).",
+            ("agent",),
+            registry=into,
+        )
         self._queued = Counter(
             "gateway_queued_requests_total",
             "Requests that waited for a concurrency slot.",
@@ -248,6 +256,9 @@ class Metrics:
             (series.prompt_estimated if estimated else series.prompt).inc(max(0, exchange.prompt_tokens))
         if exchange.completion_tokens:
             (series.completion_estimated if estimated else series.completion).inc(max(0, exchange.completion_tokens))
+        cost = exchange.cost_nanos
+        if cost:
+            self._cost.labels(agent).inc(usd(cost))
 
         if exchange.stream is not None:
             # Only a stream's first byte says something its duration does not: a whole answer starts when it ends.

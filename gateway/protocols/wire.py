@@ -31,9 +31,10 @@ MAX_TOKENS = 1_000_000_000_000
 class Usage:
     """Tokens one request used: the upstream's count, or the gateway's estimate (`estimated`)."""
 
-    prompt_tokens: int
+    prompt_tokens: int  # all the input, the cached part included
     completion_tokens: int
     estimated: bool = False
+    cached_tokens: int = 0  # the part of the input read from the provider's cache (priced apart)
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,6 +145,7 @@ class Dispatcher:
                 break
             tried.append(target)
             exchange.target = target.name
+            exchange.pricing = target.pricing  # the answering target's prices are what the request cost
             exchange.attempts += 1
             request = UpstreamRequest(agent, target, sent.path, sent.for_target(target), sent.stream, headers)
             result, wait = await self._attempt(exchange, upstream, request)

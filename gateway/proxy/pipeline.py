@@ -189,6 +189,7 @@ async def buffered(
         if counted is not None:
             exchange.prompt_tokens = counted.prompt_tokens
             exchange.completion_tokens = counted.completion_tokens
+            exchange.cached_tokens = counted.cached_tokens
         if turn is not None:
             view = chat_view(wire)  # the reply is stored as a chat message, whatever the upstream's format
             chat = view.answer(parsed, model="") if view is not None and isinstance(parsed, dict) else parsed

@@ -115,6 +115,7 @@ class StreamRelay(Response):
             counted = self.meter.result(self.prompt_estimate)
             self.exchange.prompt_tokens = counted.prompt_tokens
             self.exchange.completion_tokens = counted.completion_tokens
+            self.exchange.cached_tokens = counted.cached_tokens
             self.exchange.usage_estimated = counted.estimated
         return failure if isinstance(failure, Exception) and not isinstance(failure, OSError) else None
 

@@ -14,6 +14,7 @@ from gateway.keys import KeyRecord
 COUNTERS = (
     "requests", "prompt_tokens", "completion_tokens", "errors", "cancelled",
     "limited_rate", "limited_quota", "limited_concurrency", "limited_cooldown", "queued", "upstream_limited",
+    "cached_tokens", "cost_nanos",
 )  # fmt: skip
 # Usage by a request with no key (auth mode `none`) is counted under this key id.
 ANONYMOUS = "-"
@@ -41,6 +42,8 @@ class UsageEvent:
     limited_cooldown: int = 0
     queued: int = 0
     upstream_limited: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's cache
+    cost_nanos: int = 0  # what it cost in nano-dollars (gateway/pricing.py), where the agent has prices
     hour: int = -1  # the UTC hour of `day` it fell in (0-23), for the last day's hourly rows; -1: none
 
     def counts(self) -> dict[str, int]:
@@ -65,6 +68,8 @@ class UsageRow:
     limited_cooldown: int = 0
     queued: int = 0
     upstream_limited: int = 0
+    cached_tokens: int = 0
+    cost_nanos: int = 0
 
 
 def periods(day: date) -> tuple[str, str]:

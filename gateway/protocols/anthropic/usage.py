@@ -32,7 +32,7 @@ def usage_of(answer: Any) -> Usage | None:
                                                 "cache_creation_input_tokens", "output_tokens")]  # fmt: skip
     if not all(type(c) is int and 0 <= c <= MAX_TOKENS for c in counts):
         return None
-    return Usage(counts[0] + counts[1] + counts[2], counts[3])
+    return Usage(counts[0] + counts[1] + counts[2], counts[3], cached_tokens=counts[1])
 
 
 def prompt_estimate(body: dict[str, Any]) -> int:
@@ -113,10 +113,11 @@ class StreamMeter:
     """Watches a Messages stream as it is relayed, unchanged: the input tokens of `message_start`, the output
     tokens of the last `message_delta`, and the generated text, to estimate a stream cut short."""
 
-    __slots__ = ("generated_chars", "input_tokens", "output_tokens")
+    __slots__ = ("cached_tokens", "generated_chars", "input_tokens", "output_tokens")
 
     def __init__(self) -> None:
         self.generated_chars = 0
+        self.cached_tokens = 0
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
 
@@ -139,6 +140,7 @@ class StreamMeter:
             counted = usage_of(event["message"])
             if counted is not None:
                 self.input_tokens = counted.prompt_tokens
+                self.cached_tokens = counted.cached_tokens
         elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
             output = event["usage"].get("output_tokens")
             if type(output) is int and 0 <= output <= MAX_TOKENS:
@@ -146,9 +148,10 @@ class StreamMeter:
 
     def result(self, prompt_estimate: int) -> Usage:
         if self.input_tokens is not None and self.output_tokens is not None:
-            return Usage(self.input_tokens, self.output_tokens)
+            return Usage(self.input_tokens, self.output_tokens, cached_tokens=self.cached_tokens)
         return Usage(
             self.input_tokens if self.input_tokens is not None else prompt_estimate,
             estimate_tokens(self.generated_chars),
             estimated=True,
+            cached_tokens=self.cached_tokens,
         )

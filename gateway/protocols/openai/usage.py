@@ -53,7 +53,11 @@ def _from_usage(usage: Any) -> Usage | None:
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
     if not (_is_count(prompt) and _is_count(completion)):
         return None
-    return Usage(prompt, completion)
+    # Cached input, inside the prompt count: chat completions' `prompt_tokens_details`, the Responses API's
+    # `input_tokens_details`.
+    details = usage.get("prompt_tokens_details", usage.get("input_tokens_details"))
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(prompt, completion, cached_tokens=min(cached, prompt) if _is_count(cached) else 0)
 
 
 def _is_count(value: Any) -> TypeGuard[int]:
