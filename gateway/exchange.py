@@ -44,6 +44,8 @@ class Exchange:
     session_storage: str | None = None  # memory | redis: where the session was served from
     requested_agent: str | None = None  # the agent the model named, when a fallback agent answered instead
     target: str | None = None  # the upstream target of the last attempt (its name: host, or as configured)
+    upstream_model: str | None = None  # the model that target was sent
+    provider: str | None = None  # the provider of the agent that answered (or was tried last)
     attempts: int = 0  # upstream calls made; retries = attempts - 1
     upstream_ms: float = 0.0  # time spent waiting on the upstream, every attempt
     waited_ms: float = 0.0  # backoff between attempts: neither the upstream's time nor the gateway's work

@@ -276,6 +276,7 @@ async def test_an_app_counts_its_own_requests(tmp_path: Path) -> None:
         assert value(samples, "gateway_request_duration_seconds_count", route=CHAT) == 2
 
 
+METERED_MODEL = "upstream-model"
 METERED_CONFIG = """\
 version: "1.0"
 agents:
@@ -342,6 +343,19 @@ def test_a_gateways_counters_add_up_to_the_requests_sent(metered_gateway: Proces
     assert value(samples, tokens, agent="metered", kind="prompt", estimated="false") == 26
     assert value(samples, tokens, agent="metered", kind="completion", estimated="false") == 34
     assert value(samples, tokens, estimated="true") == 0
+
+    # The GenAI semantic conventions' client metrics, for the requests that reached the upstream: the model is the
+    # one it was sent, tokens by type, a failure's duration under its error type.
+    genai = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai-compatible",
+             "gen_ai_request_model": METERED_MODEL}  # fmt: skip
+    usage = "gen_ai_client_token_usage"
+    assert value(samples, usage + "_sum", **genai, gen_ai_token_type="input") == 26
+    assert value(samples, usage + "_sum", **genai, gen_ai_token_type="output") == 34
+    assert value(samples, usage + "_count", **genai, gen_ai_token_type="output") == 4
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert value(samples, duration, **genai, error_type="") == 4
+    assert value(samples, duration, **genai, error_type="upstream_server_error") == 2
+    assert value(samples, duration) == 6  # never for the unknown model, which reached no upstream
 
 
 WORKER_CONFIG = """\

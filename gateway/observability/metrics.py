@@ -11,6 +11,8 @@ other path), error classes from the closed vocabulary of `errors.py` ("" for a s
     gateway_upstream_duration_seconds{agent}                   histogram  waiting on upstreams, all attempts
     gateway_tokens_total{agent, kind, estimated}               counter    kind: prompt|completion
     gateway_cost_usd_total{agent}                              counter    USD, from the agents' pricing
+    gen_ai_client_token_usage{gen_ai_*}                        histogram  GenAI conventions: tokens per operation
+    gen_ai_client_operation_duration_seconds{gen_ai_*, error_type}  histogram  GenAI conventions: upstream time
     gateway_streams_total{agent, outcome}                      counter    completed|upstream_error|gateway_error|
                                                                           client_disconnected|cut_at_shutdown
     gateway_active_streams                                     gauge      streams relaying now (summed over workers)
@@ -73,6 +75,14 @@ ROUTE_PREFIXES = (
     ("/ui/", "/ui"),  # the console, every page of it
 )
 OTHER_ROUTE = "other"
+
+# The GenAI semantic conventions' advice for gen_ai.client.token.usage and gen_ai.client.operation.duration.
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+# gen_ai.operation.name by the route the client called.
+GENAI_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/messages": "chat", "/v1/responses": "chat",
+                    "/v1/chat": "chat", "/v1/chat/stream": "chat", "/v1/completions": "text_completion",
+                    "/v1/embeddings": "embeddings"}  # fmt: skip
 
 # Ordered so that the worst state is the largest: the max over workers (and over time, in PromQL) is the one to see.
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -160,6 +170,23 @@ class Metrics:
             "gateway_tokens_total",
             "Tokens used, by kind (prompt, completion) and whether they were estimated (no usage from upstream).",
             ("agent", "kind", "estimated"),
+            registry=into,
+        )
+        # The OpenTelemetry GenAI client metrics, as Prometheus names them (dots as underscores), with the
+        # conventions' bucket boundaries: what a tracing backend's GenAI dashboards read.
+        genai = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+        self._genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "GenAI semantic conventions: tokens used per operation, by gen_ai_token_type (input, output).",
+            (*genai, "gen_ai_token_type"),
+            buckets=GENAI_TOKEN_BUCKETS,
+            registry=into,
+        )
+        self._genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI semantic conventions: duration of an operation on the upstream, error_type set on failure.",
+            (*genai, "error_type"),
+            buckets=GENAI_DURATION_BUCKETS,
             registry=into,
         )
         self._streams = Counter(
@@ -259,6 +286,9 @@ class Metrics:
         cost = exchange.cost_nanos
         if cost:
             self._cost.labels(agent).inc(usd(cost))
+        operation = GENAI_OPERATIONS.get(route)
+        if operation is not None and exchange.attempts and exchange.upstream_model is not None:
+            self._genai(exchange, operation)
 
         if exchange.stream is not None:
             # Only a stream's first byte says something its duration does not: a whole answer starts when it ends.
@@ -273,6 +303,17 @@ class Metrics:
             self._rejections.labels(agent, exchange.limited).inc()
         if exchange.queued:
             self._queued.labels(agent).inc()
+
+    def _genai(self, exchange: Exchange, operation: str) -> None:
+        """The GenAI client metrics of a request that reached an upstream (the model is the one it was sent)."""
+        labels = (operation, exchange.provider or "", exchange.upstream_model or "")
+        failed = exchange.status >= 400 or exchange.stream in ("upstream_error", "gateway_error")
+        error = (exchange.classify() or "error") if failed else ""
+        self._genai_duration.labels(*labels, error).observe(exchange.upstream_ms / 1000)
+        if exchange.prompt_tokens is not None:
+            self._genai_tokens.labels(*labels, "input").observe(exchange.prompt_tokens)
+        if exchange.completion_tokens is not None:
+            self._genai_tokens.labels(*labels, "output").observe(exchange.completion_tokens)
 
     def _new_series(self, route: str, agent: str) -> _Series:
         return _Series(

@@ -146,6 +146,8 @@ class Dispatcher:
             tried.append(target)
             exchange.target = target.name
             exchange.pricing = target.pricing  # the answering target's prices are what the request cost
+            exchange.upstream_model = target.upstream_model
+            exchange.provider = agent.provider
             exchange.attempts += 1
             request = UpstreamRequest(agent, target, sent.path, sent.for_target(target), sent.stream, headers)
             result, wait = await self._attempt(exchange, upstream, request)
