@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from gateway.config.agents import Agent, AgentSpec, compile_agent
 from gateway.errors import BadRequest
 from gateway.protocols import sse
+from gateway.protocols.anthropic.messages import Endpoint
+from gateway.protocols.anthropic.wire import ANTHROPIC
 from gateway.protocols.openai_to_anthropic import StreamTranslator, completion, messages_of, messages_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "translation"
@@ -146,3 +149,21 @@ def test_events_fed_one_by_one_translate_as_one_block_does() -> None:
     assert chunks_of(split) == chunks_of(whole.feed(b"".join(events)))
     texts = [c["choices"][0]["delta"].get("content") for c in chunks_of(split)[0] if c["choices"]]
     assert 'a "quote"}} and é' in texts
+
+
+def test_an_anthropic_agent_holds_the_output_to_its_ceiling_and_refuses_only_a_stated_limit_over_it() -> None:
+    def agent(over: str) -> Agent:
+        spec = {"name": "c", "llm": {"provider": "anthropic", "model": "m"},
+                "limits": {"max_tokens_per_request": 100, "over_max_tokens": over}}  # fmt: skip
+        return compile_agent(AgentSpec.model_validate(spec), {})
+
+    unstated = messages_request({"model": "c", "messages": [{"role": "user", "content": "hi"}]})
+    for over in ("reject", "clamp"):  # the gateway's default (1,024) is the agent's to lower, not the client's fault
+        sent = ANTHROPIC.outbound(Endpoint.MESSAGES, unstated, agent(over), stream=False, default_max_tokens=1024)
+        assert (sent.body["max_tokens"], sent.output_tokens) == (100, 100)
+    stated = {**unstated, "max_tokens": 500}
+    clamped = ANTHROPIC.outbound(Endpoint.MESSAGES, stated, agent("clamp"), stream=False, default_max_tokens=1024)
+    assert (clamped.body["max_tokens"], clamped.output_tokens) == (100, 100)
+    with pytest.raises(BadRequest) as caught:
+        ANTHROPIC.outbound(Endpoint.MESSAGES, stated, agent("reject"), stream=False, default_max_tokens=1024)
+    assert caught.value.param == "max_tokens"

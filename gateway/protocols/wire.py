@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.errors import BadRequest
+
 if TYPE_CHECKING:
     from gateway.config.agents import Agent, StreamingSpec, Target
     from gateway.errors import GatewayError
@@ -54,6 +56,26 @@ class Outbound:
         if self.body.get("model") == target.upstream_model:
             return self.body
         return {**self.body, "model": target.upstream_model}
+
+
+def output_limit(agent: Agent, asked: int | None, default: int, *, field: str) -> tuple[int, bool]:
+    """The output tokens a request may generate (and reserves), and whether its body must say so: the request's own
+    limit (`asked`, sent as `field`), else `default`, held to the agent's `max_tokens_per_request`. Over it, an
+    asked limit is clamped or refused with a 400 naming `field`; an unstated one becomes the ceiling when the agent
+    clamps (so the answer cannot exceed it), else the default held to it."""
+    limits = agent.spec.limits
+    ceiling = limits.max_tokens_per_request
+    if ceiling is None:
+        return (asked if asked is not None else default), False
+    clamp = limits.over_max_tokens == "clamp"
+    if asked is None:
+        return (ceiling, True) if clamp else (min(default, ceiling), False)
+    if asked > ceiling and not clamp:
+        raise BadRequest(
+            f"`{field}` is {asked}, but model `{agent.name}` allows at most {ceiling} tokens per request.",
+            param=field,
+        )
+    return min(asked, ceiling), asked > ceiling
 
 
 class Endpoint(Protocol):

@@ -13,7 +13,7 @@ from gateway.errors import BadRequest
 from gateway.protocols import openai_to_anthropic, sse
 from gateway.protocols.anthropic.messages import Endpoint
 from gateway.protocols.openai.usage import estimate_tokens, text_chars
-from gateway.protocols.wire import MAX_TOKENS, Outbound, Usage
+from gateway.protocols.wire import MAX_TOKENS, Outbound, Usage, output_limit
 
 # Generated text inside stream events: text, thinking and tool-argument deltas.
 _GENERATED = re.compile(rb'"(?:text|thinking|partial_json)"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -77,17 +77,10 @@ def outbound(
         if name in ("temperature", "top_p", "top_k", "max_tokens") and name not in out:
             out[name] = value
     asked = out.get("max_tokens")
-    requested: int = asked if isinstance(asked, int) and not isinstance(asked, bool) else default_max_tokens
-    ceiling = agent.spec.limits.max_tokens_per_request
-    if ceiling is not None and requested > ceiling:
-        if agent.spec.limits.over_max_tokens != "clamp":
-            raise BadRequest(
-                f"max_tokens: {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request",
-                param="max_tokens",
-            )
-        requested = ceiling
-    out["max_tokens"] = requested  # required by the Messages API: an OpenAI client may have named none
-    return Outbound(out, requested, stream, simulated=False, hide_usage=False, path=endpoint.path)
+    stated = asked if asked.__class__ is int else None
+    limit, _ = output_limit(agent, stated, default_max_tokens, field="max_tokens")
+    out["max_tokens"] = limit  # required by the Messages API: an OpenAI client may have named none
+    return Outbound(out, limit, stream, simulated=False, hide_usage=False, path=endpoint.path)
 
 
 def _with_history(history: Sequence[dict[str, Any]], system: Any, client: list[Any]) -> tuple[Any, list[Any]]:

@@ -10,7 +10,7 @@ from gateway.config.agents import Agent
 from gateway.errors import BadRequest
 from gateway.jsonbody import json_type
 from gateway.protocols import sse
-from gateway.protocols.wire import Outbound
+from gateway.protocols.wire import Outbound, output_limit
 
 # Fields only the gateway reads; never sent upstream.
 GATEWAY_FIELDS = ("session_id",)
@@ -163,22 +163,11 @@ def _output_limit(endpoint: Endpoint, body: dict[str, Any], agent: Agent, defaul
         return 0
     # check() refused anything but whole numbers of at least 1 (booleans are ints to isinstance).
     field = next((f for f in _RESERVED_FIELDS if type(body.get(f)) is int), None)
-    requested: int = body[field] if field is not None else default
-    ceiling = agent.spec.limits.max_tokens_per_request
-    clamp = agent.spec.limits.over_max_tokens == "clamp"
-    if ceiling is not None and field is None and clamp:
-        # A request that states no limit gets the ceiling as its limit, so the answer cannot exceed it.
-        body["max_output_tokens" if endpoint is Endpoint.RESPONSES else "max_tokens"] = ceiling
-        return ceiling
-    if ceiling is not None and field is not None and requested > ceiling:
-        if clamp:
-            body[field] = ceiling
-            return ceiling
-        raise BadRequest(
-            f"`{field}` is {requested}, but model `{agent.name}` allows at most {ceiling} tokens per request.",
-            param=field,
-        )
-    return min(requested, ceiling) if ceiling is not None else requested
+    named = field or ("max_output_tokens" if endpoint is Endpoint.RESPONSES else "max_tokens")
+    limit, say = output_limit(agent, body[field] if field is not None else None, default, field=named)
+    if say:
+        body[named] = limit
+    return limit
 
 
 def _ask_for_stream_usage(endpoint: Endpoint, body: dict[str, Any]) -> bool:
