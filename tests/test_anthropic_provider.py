@@ -4,7 +4,6 @@ Anthropic-shaped upstream process, the request rewritten for the agent and the s
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.processes import ROOT, Process, free_port, start_gateway
+from tests.support.processes import Process, free_port, start_anthropic_upstream, start_gateway
 from tests.test_keys import ADMIN_KEY, Admin
 from tests.test_proxy import behave
 
@@ -54,10 +53,7 @@ agents:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    port = free_port()
-    argv = [sys.executable, str(ROOT / "tests/support/anthropic_upstream.py"), "--port", str(port)]
-    process = Process("anthropic-upstream", argv, port, tmp_path_factory.mktemp("anthropic-upstream"))
-    process.wait_ready("/_health")
+    process = start_anthropic_upstream(tmp_path_factory.mktemp("anthropic-upstream"))
     yield process
     process.stop()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 
 from tests.conftest import E2E_CONFIG, UPSTREAM_KEY
 from tests.support import fuzz
-from tests.support.processes import ROOT, Process, free_port, start_gateway
+from tests.support.processes import Process, free_port, start_anthropic_upstream, start_gateway
 from tests.support.redis import start_redis
 
 ADMIN_KEY = "admin-secret-for-the-fuzz-0123456789"
@@ -92,10 +91,7 @@ ANTHROPIC_AGENT = """\
 
 @pytest.fixture(scope="module")
 def anthropic_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    port = free_port()
-    argv = [sys.executable, str(ROOT / "tests/support/anthropic_upstream.py"), "--port", str(port)]
-    process = Process("anthropic-upstream", argv, port, tmp_path_factory.mktemp("fuzz-anthropic-upstream"))
-    process.wait_ready("/_health")
+    process = start_anthropic_upstream(tmp_path_factory.mktemp("fuzz-anthropic-upstream"))
     yield process
     process.stop()
 

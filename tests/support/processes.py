@@ -81,6 +81,15 @@ def start_upstream(log_dir: Path, behaviour: Mapping[str, Any] | None = None) ->
     return process
 
 
+def start_anthropic_upstream(log_dir: Path) -> Process:
+    """The Anthropic-shaped upstream (tests/support/anthropic_upstream.py)."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "tests/support/anthropic_upstream.py"), "--port", str(port)]
+    process = Process("anthropic-upstream", argv, port, log_dir)
+    process.wait_ready("/_health")
+    return process
+
+
 def start_gateway(config: Path, log_dir: Path, env: Mapping[str, str] | None = None) -> Process:
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
