@@ -74,6 +74,7 @@ class Console:
         )
         self._templates.filters["num"] = _grouped
         self._templates.filters["usd"] = _dollars
+        self._templates.filters["state"] = describe
         self._templates.filters["agent"] = lambda name: "(none: refused before an agent)" if name == ANONYMOUS else name
 
     def routes(self) -> list[BaseRoute]:
